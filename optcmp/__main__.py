@@ -1,0 +1,3 @@
+from optcmp.cli import main
+
+main()

@@ -1,0 +1,11 @@
+"""The one user-facing error type. Library code raises it; only cli.py prints it and exits."""
+
+
+class OptcmpError(Exception):
+    """A user mistake (bad config, missing file, impossible device...).
+
+    The message is complete and one line: it names the file, the key and what is allowed.
+    The CLI prints it and exits with status 2, never with a traceback.
+    """
+
+    exit_code = 2
