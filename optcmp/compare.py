@@ -9,7 +9,6 @@ p-values of all pairs are Holm-corrected together, because a sweep asks many que
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from itertools import combinations
@@ -20,13 +19,10 @@ import pandas as pd
 from scipy import stats
 
 from optcmp.errors import OptcmpError
+from optcmp.results import atomic_write_text
+from optcmp.summary import HIGHER_IS_BETTER, default_primary, metric_columns, param_columns, read_runs
 
 ALPHA = 0.05
-# The leading columns of runs.csv (docs/architecture.md); swept keys have dots, metrics follow.
-RUN_COLUMNS = ("run_id", "config_id", "seed", "status", "decay", "engine", "device", "error",
-               "diverged_step")
-# Metrics where more is better; every other metric (losses, norms) reads "lower is better".
-HIGHER_IS_BETTER = ("accuracy", "steps_per_second")
 # A seed builds the same initial weights and data order only while these stay the same.
 _INIT_KEYS = ("model.", "data.")
 
@@ -35,51 +31,14 @@ COLUMNS = ["config_a", "config_b", "metric", "test", "n_a", "n_b", "n_pairs", "m
            "p_holm", "significant", "n_comparisons", "note", "sentence"]
 
 
-def load_runs(directory: str | Path) -> pd.DataFrame:
-    """Read `<directory>/runs.csv`; an OptcmpError says what is missing."""
-    directory = Path(directory)
-    path = directory / "runs.csv"
-    if not path.is_file():
-        raise OptcmpError(f"{directory}: no runs.csv here; run `optcmp run CONFIG` first")
-    try:
-        runs = pd.read_csv(path, dtype={"run_id": str, "config_id": str, "status": str})
-    except pd.errors.EmptyDataError:
-        raise OptcmpError(f"{path}: empty file; run `optcmp run CONFIG` again") from None
-    missing = [c for c in ("run_id", "config_id", "seed", "status") if c not in runs.columns]
-    if missing:
-        raise OptcmpError(f"{path}: missing column(s) {', '.join(missing)}; not an optcmp runs.csv")
-    return runs
-
-
-def param_columns(runs: pd.DataFrame) -> list[str]:
-    """The swept keys: the columns with a dot in their name."""
-    return [c for c in runs.columns if "." in c]
-
-
-def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """The numeric metric columns that hold at least one value among the `ok` runs."""
-    ok = ok_runs(runs)
-    return [c for c in runs.columns
-            if c not in RUN_COLUMNS and "." not in c
-            and pd.api.types.is_numeric_dtype(runs[c]) and ok[c].notna().any()]
-
-
 def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that finished: diverged, failed and interrupted runs carry no comparable metric."""
     return runs[runs["status"] == "ok"]
 
 
-def default_metric(runs: pd.DataFrame) -> str:
-    """`val_loss` where the runs have one, else `train_loss`."""
-    ok = ok_runs(runs)
-    if "val_loss" in ok.columns and ok["val_loss"].notna().any():
-        return "val_loss"
-    return "train_loss"
-
-
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of `metric` is the better one (accuracy), not a smaller (loss)."""
-    return any(word in metric for word in HIGHER_IS_BETTER)
+    return metric in HIGHER_IS_BETTER
 
 
 def holm(p_values) -> np.ndarray:
@@ -115,7 +74,7 @@ def compare_configs(runs: pd.DataFrame, metric: str | None = None,
     if ok.empty:
         counts = ", ".join(f"{s} {n}" for s, n in runs["status"].value_counts().items())
         raise OptcmpError(f"no runs with status `ok` to compare (runs: {counts or 'none'})")
-    metric = metric or default_metric(runs)
+    metric = metric or default_primary(runs)
     allowed = metric_columns(runs)
     if metric not in allowed:
         raise OptcmpError(f"--metric: unknown metric `{metric}`; allowed: {', '.join(allowed)}")
@@ -140,11 +99,8 @@ def compare_configs(runs: pd.DataFrame, metric: str | None = None,
 def write_compare(directory: str | Path, metric: str | None = None,
                   baseline: str | None = None) -> pd.DataFrame:
     """Compare the configs of the sweep in `directory` and write `compare.csv` there atomically."""
-    frame = compare_configs(load_runs(directory), metric, baseline)
-    path = Path(directory) / "compare.csv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    frame = compare_configs(read_runs(directory), metric, baseline)
+    atomic_write_text(Path(directory) / "compare.csv", frame.to_csv(index=False))
     return frame
 
 

@@ -9,3 +9,15 @@ class OptcmpError(Exception):
     """
 
     exit_code = 2
+
+
+class ConfigError(OptcmpError):
+    """A bad value found while building from a config key, before the file is known.
+
+    `config.Source.locate()` turns it into a full message with the file and line.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import os
+import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from optcmp.compare import compare_configs, default_metric, higher_is_better, load_runs, ok_runs
+from optcmp.compare import compare_configs, higher_is_better, ok_runs
 from optcmp.errors import OptcmpError
+from optcmp.results import atomic_write_bytes, atomic_write_text
+from optcmp.summary import aggregate, default_primary, mean_ci, read_runs
 
 # The PNGs this module owns; a rerun removes the ones it no longer draws so none go stale.
 PNG_NAMES = ("loss.png", "accuracy.png", "weight_norm.png", "weights.png", "final.png")
@@ -32,7 +34,7 @@ _WEIGHT_QUANTILES = (0.005, 0.995)
 def write_report(directory: str | Path) -> Path:
     """Write `report.html` and its PNGs into the sweep folder `directory`; return the HTML path."""
     directory = Path(directory)
-    runs = load_runs(directory)
+    runs = read_runs(directory)
     notes: list[tuple[str, str]] = []  # (run_id, why it is missing from the plots)
     for _, run in runs[runs["status"] != "ok"].iterrows():
         error = run.get("error")
@@ -44,7 +46,7 @@ def write_report(directory: str | Path) -> Path:
     colors = _colors(configs)
     curves = _read_curves(directory, good, notes)
     weights = _read_weights(directory, good, notes)
-    metric = default_metric(runs)
+    metric = default_primary(runs)
 
     figures = [
         ("Loss", "loss.png", _plot_curves(curves, LOSS_TAGS, colors, log=True),
@@ -56,7 +58,8 @@ def write_report(directory: str | Path) -> Path:
         ("Final weights", "weights.png", _plot_weights(weights, colors),
          "Every final parameter of every seed, one density per config; σ is their standard deviation."),
         (f"Final {metric}", "final.png", _plot_final(good, metric, colors),
-         "One dot per seed, lines joining the runs of one seed; the bar is the mean over seeds."),
+         "One dot per seed, lines joining the runs of one seed; the bar is the mean over seeds and "
+         "the vertical line beside it its 95% Student t interval."),
     ]
     drawn = []
     for title, name, fig, caption in figures:
@@ -70,9 +73,7 @@ def write_report(directory: str | Path) -> Path:
     compare_html = _compare_html(runs, metric)
     page = _page(directory, runs, summary_html, compare_html, drawn, notes)
     path = directory / "report.html"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, page)
     return path
 
 
@@ -205,11 +206,14 @@ def _plot_final(good: pd.DataFrame, metric: str, colors: dict):
     for _, runs in good[good["config_id"].isin(x_of)].groupby("seed"):
         runs = runs.dropna(subset=[metric]).sort_values("config_id", key=lambda c: c.map(x_of))
         ax.plot(runs["config_id"].map(x_of), runs[metric], color="grey", alpha=0.35, linewidth=0.8)
-    for config, mean in means.items():
-        values = good.loc[good["config_id"] == config, metric].dropna()
+    for config in means.index:
+        values = good.loc[good["config_id"] == config, metric].dropna().to_numpy(dtype=float)
         x = x_of[config]
         ax.scatter(np.full(len(values), x), values, color=colors[config], s=18, zorder=3)
+        mean, _, low, high = mean_ci(values)
         ax.hlines(mean, x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
+        if np.isfinite(low):
+            ax.vlines(x + 0.3, low, high, color="black", linewidth=1.2, zorder=4)
     ax.set_xticks(range(len(means)), list(means.index), rotation=30, ha="right")
     ax.set_ylabel(metric)
     ax.set_title(f"Final {metric} per seed")
@@ -218,9 +222,9 @@ def _plot_final(good: pd.DataFrame, metric: str, colors: dict):
 
 
 def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=_DPI)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _remove(path: Path) -> None:
@@ -236,19 +240,13 @@ def _table_html(frame: pd.DataFrame) -> str:
 
 
 def _summary_html(directory: Path, runs: pd.DataFrame) -> str:
-    """summary.csv as written by `optcmp run`/`summary`, else aggregated here from runs.csv."""
+    """summary.csv as `optcmp run`/`summary` wrote it, else aggregated here from runs.csv."""
     path = directory / "summary.csv"
     try:
         if path.is_file():
             return f"<p>From <code>summary.csv</code>.</p>{_table_html(pd.read_csv(path))}"
-        from optcmp.summary import aggregate
-    except ImportError:
-        return "<p>No summary.csv here, and this optcmp cannot aggregate one.</p>"
-    except (OSError, ValueError) as e:
-        return f"<p>summary.csv is unreadable: {html.escape(str(e))}</p>"
-    try:
         return f"<p>Aggregated from <code>runs.csv</code>.</p>{_table_html(aggregate(runs))}"
-    except OptcmpError as e:
+    except (OSError, ValueError) as e:  # a truncated or hand-edited summary.csv
         return f"<p>No summary: {html.escape(str(e))}</p>"
 
 

@@ -1,0 +1,202 @@
+"""The command line: the only place that prints tables or exits.
+
+Heavy modules (torch, pandas, tensorboard) are imported inside the commands, so
+`optcmp --help` answers at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from optcmp.errors import OptcmpError
+
+console = Console()
+if not console.is_terminal:  # piped or captured: print tables whole instead of wrapping at 80
+    console = Console(width=200)
+err_console = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns the one user-facing error into a message on stderr and its exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OptcmpError as e:
+            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Compare PyTorch optimizers and their hyperparameters from one YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CONFIG_ARG = typer.Argument(..., help="The experiment's YAML config.", show_default=False)
+SET_OPT = typer.Option([], "--set", help="Override a config value: KEY=VALUE with a dotted key, e.g. optimizer.lr=1e-3.")
+SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e.g. optimizer.weight_decay=0.01,0.1.")
+OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
+
+
+def _load(config: Path, sets: list[str], sweeps: list[str]):
+    from optcmp.config import load_config
+    from optcmp.sweep import expand
+
+    loaded = load_config(config, sets, sweeps)
+    return loaded, expand(loaded.config)
+
+
+def _summary_table(table, title: str):
+    from rich.table import Table
+
+    from optcmp.summary import display_table
+
+    shown = display_table(table)
+    out = Table(title=title, header_style="bold")
+    for col in shown.columns:
+        out.add_column(col, justify="right" if col not in ("config", "decay", "status") else "left")
+    for row in shown.itertuples(index=False):
+        out.add_row(*(str(v) for v in row))
+    return out
+
+
+@app.command()
+def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT) -> None:
+    """List the runs a config expands to, with their parameter groups, without training."""
+    from rich.table import Table
+
+    from optcmp.runner import experiment_dir, preflight
+
+    loaded, specs = _load(config, set_, sweep)
+    preflight(loaded, specs)
+    exp_dir = experiment_dir(out, loaded.config.name)
+    keys = list(loaded.config.sweep)
+    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
+    for col in ["run_id", *keys, "seed"]:
+        table.add_column(col)
+    for s in specs:
+        table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
+    console.print(table)
+    _print_groups(loaded, specs)
+
+
+def _print_groups(loaded, specs) -> None:
+    """The resolved optimizer parameter groups of the first run of each config."""
+    from optcmp.data import build_data
+    from optcmp.models import build_model
+    from optcmp.optimizers import decay_semantics, group_names
+
+    shown = set()
+    for s in specs:
+        if s.config_id in shown:
+            continue
+        shown.add(s.config_id)
+        data = build_data(s.config.data, s.seed, loaded.base_dir)
+        model = build_model(s.config.model, data.n_features, data.n_outputs)
+        groups = group_names(model, s.config.optimizer)
+        decay = decay_semantics(s.config.optimizer)
+        console.print(f"[bold]{s.config_id}[/]: {s.config.optimizer.name}, decay {decay}")
+        for i, g in enumerate(groups):
+            opts = ", ".join(f"{k}={v}" for k, v in g.items() if k != "params")
+            console.print(f"  group {i}: {len(g['params'])} tensors ({', '.join(g['params'])}){'; ' + opts if opts else ''}")
+
+
+@app.command()
+def run(
+    config: Path = CONFIG_ARG,
+    out: Path = OUT_OPT,
+    set_: list[str] = SET_OPT,
+    sweep: list[str] = SWEEP_OPT,
+) -> None:
+    """Train every run of the config and write the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optcmp.runner import Events, experiment_dir, preflight, run_sweep
+
+    loaded, specs = _load(config, set_, sweep)
+    preflight(loaded, specs)
+    exp_dir = experiment_dir(out, loaded.config.name)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err_console, transient=True,
+    )
+    with progress:
+        runs_task = progress.add_task("runs", total=len(specs), info="")
+        step_task = progress.add_task("", total=1, info="")
+
+        def run_start(spec, i, total):
+            progress.update(step_task, description=spec.run_id, completed=0, info="")
+
+        def step(spec, s, total, loss):
+            progress.update(step_task, completed=s, total=total, info=f"loss {loss:.4g}")
+
+        def run_end(result):
+            progress.advance(runs_task)
+
+        results = run_sweep(loaded, specs, exp_dir, Events(run_start, step, run_end))
+    _finish(exp_dir, results, len(specs))
+
+
+def _finish(exp_dir: Path, results: list[dict], planned: int) -> None:
+    from optcmp.summary import read_runs, aggregate
+
+    primary = None
+    table = aggregate(read_runs(exp_dir), primary)
+    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
+    seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in results)
+    console.print(
+        f"{len(results)} of {planned} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        + f"; {seconds:.1f} s of training"
+    )
+    console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
+    console.print(f"TensorBoard: tensorboard --logdir {exp_dir}")
+    if counts["interrupted"]:
+        raise typer.Exit(130)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
+            primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric.")) -> None:
+    """Re-render the summary from the results on disk (no training)."""
+    from optcmp.results import collect_results, write_runs_csv
+    from optcmp.summary import write_summary
+
+    if not exp_dir.is_dir():
+        raise OptcmpError(f"{exp_dir}: no such experiment folder")
+    results = collect_results(exp_dir)
+    if not results:
+        raise OptcmpError(f"{exp_dir}: no finished runs here (no */result.json); run `optcmp run CONFIG` first")
+    plan_ids = _plan_ids(exp_dir)
+    if plan_ids:
+        results = sorted(results, key=lambda r: plan_ids.get(r["run_id"], len(plan_ids)))
+    write_runs_csv(exp_dir, results)
+    table = write_summary(exp_dir, primary)
+    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
+
+
+def _plan_ids(exp_dir: Path) -> dict[str, int]:
+    import json
+
+    try:
+        return {r["run_id"]: i for i, r in enumerate(json.loads((exp_dir / "plan.json").read_text()))}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def main() -> None:
+    """Entry point of the `optcmp` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""One run: the training loop, as a function.
+
+`execute(spec, exp_dir)` is what every executor calls for a run: it trains, writes the
+run's folder (config.yaml, events, metrics.csv, weights.npz, result.json — the last one
+last, atomically) and returns the result. A run that raises is `failed`, a NaN/inf or
+too-large loss is `diverged`, Ctrl-C is `interrupted`; none of them stops a sweep.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from optcmp.config import ExperimentConfig
+from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
+from optcmp.errors import ConfigError, OptcmpError
+from optcmp.models import build_model
+from optcmp.optimizers import build_optimizer, build_scheduler, decay_semantics, group_names, needs_closure, resolved_kwargs
+from optcmp.results import atomic_write_bytes, atomic_write_text, write_result
+from optcmp.sweep import RunSpec
+from optcmp.tblog import RunLogger
+from optcmp.yamlio import dump_yaml
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+LOSSES = {
+    "mse": nn.functional.mse_loss,
+    "l1": nn.functional.l1_loss,
+    "smooth_l1": nn.functional.smooth_l1_loss,
+    "huber": nn.functional.huber_loss,
+    "cross_entropy": nn.functional.cross_entropy,
+    "nll": nn.functional.nll_loss,
+    "bce_with_logits": nn.functional.binary_cross_entropy_with_logits,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for a device that is not there is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"`{name}` asked for, but this machine has no CUDA device; allowed here: auto, cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError("device", f"`{name}` asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device", "`mps` asked for, but it is not available here; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def loss_function(config: ExperimentConfig, task: str) -> Callable:
+    name = config.train.loss
+    if name == "auto":
+        name = "cross_entropy" if task == "classification" else "mse"
+    if task == "classification" and name in ("mse", "l1", "smooth_l1", "huber", "bce_with_logits"):
+        raise ConfigError("train.loss", f"`{name}` does not fit a classification data set; use cross_entropy or nll")
+    if task == "regression" and name in ("cross_entropy", "nll"):
+        raise ConfigError("train.loss", f"`{name}` does not fit a regression data set; use mse, l1, smooth_l1 or huber")
+    return LOSSES[name]
+
+
+def predict(model: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    out = model(x)
+    return out.squeeze(-1) if task == "regression" and out.dim() > 1 else out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, loss_fn: Callable) -> tuple[float, float | None]:
+    """(loss, accuracy or None) of the model on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = predict(model, x, task)
+    loss = loss_fn(out, y).item()
+    acc = (out.argmax(-1) == y).float().mean().item() if task == "classification" else None
+    model.train(was_training)
+    return loss, acc
+
+
+def layer_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0] or param_name
+
+
+def weight_scalars(named: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
+    """Global and per-layer L2 weight norms, computed in one batched call."""
+    norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
+    sq = (norms.double() ** 2).tolist()
+    out = {"weight_norm": math.sqrt(sum(sq))}
+    per_layer: dict[str, float] = {}
+    for (name, _), s in zip(named, sq):
+        per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + s
+    out.update({f"weight_norm/{k}": math.sqrt(v) for k, v in per_layer.items()})
+    return out
+
+
+def final_weight_stats(named: list[tuple[str, torch.Tensor]], near_zero: float) -> dict[str, float]:
+    flat = torch.cat([p.detach().reshape(-1).double() for _, p in named])
+    return {
+        "weight_norm": flat.norm().item(),
+        "near_zero_frac": (flat.abs() < near_zero).double().mean().item(),
+    }
+
+
+def _histogram_tensors(named, config: ExperimentConfig) -> dict[str, torch.Tensor]:
+    h = config.log.histograms
+    out = {}
+    if h.weights:
+        out.update({f"weights/{n}": p.detach() for n, p in named})
+    if h.grads:
+        out.update({f"grads/{n}": p.grad for n, p in named if p.grad is not None})
+    return out
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"loss {loss} at step {step}")
+        self.step = step
+        self.loss = loss
+
+
+def _check(loss: float, step: int, threshold: float | None) -> None:
+    if not math.isfinite(loss) or (threshold is not None and loss > threshold):
+        raise Diverged(step, loss)
+
+
+def train(
+    spec: RunSpec,
+    run_dir: Path,
+    logger: RunLogger,
+    data: Dataset,
+    device: torch.device,
+    progress: Progress | None = None,
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one run; return its final metrics. Raises Diverged or KeyboardInterrupt.
+
+    `record`, when given, receives the resolved parameter groups (`param_groups`)."""
+    config = spec.config
+    loss_fn = loss_function(config, data.task)
+    torch.manual_seed(spec.seed)  # the seeding contract: right before the model is built
+    model = build_model(config.model, data.n_features, data.n_outputs).to(device)
+    opt = build_optimizer(model, config.optimizer)
+    sched = build_scheduler(opt, config.scheduler)
+    if record is not None:
+        record["param_groups"] = group_names(model, config.optimizer)
+    named = [(n, p) for n, p in model.named_parameters()]
+    params = [p for _, p in named]
+
+    n_train = len(data.x_train)
+    bs = batch_size_of(config.data, n_train)
+    per_epoch = steps_per_epoch(config.data, n_train)
+    by_epoch = config.train.epochs is not None
+    total = config.train.epochs * per_epoch if by_epoch else config.train.steps
+    every, hist_every = config.log.every, config.log.histograms.every
+    closure_opt = needs_closure(opt)
+    gen = shuffle_generator(spec.seed, device if device.type == "cuda" else "cpu")
+    threshold = config.train.diverge_threshold
+    best = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
+
+    def log_point(x: int, loss: float, grads_norm: float | None, ratio: float | None, extra: dict) -> None:
+        values = {"train/loss": loss}
+        if data.x_val is not None:
+            vl, va = evaluate(model, data.x_val, data.y_val, data.task, loss_fn)
+            values["val/loss"] = vl
+            if va is not None:
+                values["val/accuracy"] = va
+        values.update({f"lr/group{i}": g["lr"] for i, g in enumerate(opt.param_groups)})
+        if grads_norm is not None:
+            values["grad_norm"] = grads_norm
+        values.update(weight_scalars(named))
+        if ratio is not None:
+            values["update_ratio"] = ratio
+        values.update(extra)
+        for tag in best:
+            if tag in values:
+                better = max if tag.endswith("accuracy") else min
+                best[tag] = better(best[tag], values[tag])
+        logger.scalars(x, values)
+
+    step = 0
+    epoch = 0
+    start = time.perf_counter()
+    model.train()
+    while step < total:
+        epoch_sum, epoch_n = 0.0, 0
+        for idx in epoch_batches(n_train, bs, gen):
+            if step >= total:
+                break
+            xb, yb = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
+            log_step = not by_epoch and (step % every == 0 or step == total - 1)
+            hist_step = hist_every > 0 and not by_epoch and step % hist_every == 0
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                batch_loss = loss_fn(predict(model, xb, data.task), yb)
+                batch_loss.backward()
+                return batch_loss
+
+            if closure_opt:
+                before = [p.detach().clone() for p in params] if log_step else None
+                loss_t = opt.step(closure)
+            else:
+                loss_t = closure()
+                before = [p.detach().clone() for p in params] if log_step else None
+            loss = loss_t.item()
+            _check(loss, step, threshold)
+            grads_norm = None
+            if log_step:
+                grads = [p.grad for p in params if p.grad is not None]
+                grads_norm = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
+            if hist_step:
+                logger.histograms(step, _histogram_tensors(named, config))
+            if not closure_opt:
+                opt.step()
+            if sched is not None and config.scheduler.interval == "step":
+                sched.step()
+            epoch_sum += loss * (len(yb))
+            epoch_n += len(yb)
+            if log_step:
+                delta = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before)))
+                base = torch.stack(torch._foreach_norm(before))
+                ratio = (delta.norm() / base.norm().clamp_min(1e-12)).item()
+                log_point(step, loss, grads_norm, ratio, {})
+                if progress is not None:
+                    progress(step + 1, total, loss)
+            step += 1
+        epoch += 1
+        if sched is not None and config.scheduler.interval == "epoch":
+            sched.step()
+        if by_epoch:
+            mean_loss = epoch_sum / max(epoch_n, 1)
+            if epoch % every == 0 or step >= total:
+                log_point(epoch, mean_loss, None, None, {"epoch": epoch})
+                if progress is not None:
+                    progress(step, total, mean_loss)
+            if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1):
+                logger.histograms(epoch, _histogram_tensors(named, config))
+    seconds = time.perf_counter() - start
+
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train, data.task, loss_fn)
+    _check(train_loss, step, threshold)
+    metrics: dict[str, Any] = {"train_loss": train_loss, "best_train_loss": min(best["train/loss"], train_loss)}
+    if train_acc is not None:
+        metrics["train_accuracy"] = train_acc
+    if data.x_val is not None:
+        vl, va = evaluate(model, data.x_val, data.y_val, data.task, loss_fn)
+        metrics["val_loss"], metrics["best_val_loss"] = vl, min(best["val/loss"], vl)
+        if va is not None:
+            metrics["val_accuracy"], metrics["best_val_accuracy"] = va, max(best["val/accuracy"], va)
+    metrics.update(final_weight_stats(named, config.summary.near_zero))
+    metrics.update({"steps": step, "seconds": seconds, "steps_per_second": step / seconds if seconds > 0 else None})
+    save_weights(run_dir, named)
+    return metrics
+
+
+def save_weights(run_dir: Path, named: list[tuple[str, torch.Tensor]]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{n: p.detach().float().cpu().numpy() for n, p in named})
+    atomic_write_bytes(Path(run_dir) / "weights.npz", buf.getvalue())
+
+
+def base_result(spec: RunSpec) -> dict[str, Any]:
+    """The fields of result.json known before training."""
+    return {
+        "run_id": spec.run_id,
+        "config_id": spec.config_id,
+        "seed": spec.seed,
+        "status": None,
+        "params": spec.params,
+        "decay": decay_semantics(spec.config.optimizer),
+        "engine": "sequential",
+        "device": None,
+        "config_hash": spec.config_hash,
+        "error": None,
+        "diverged_step": None,
+        "optimizer": resolved_kwargs(spec.config.optimizer),
+        "metrics": {},
+    }
+
+
+def prepare_run_dir(run_dir: Path, spec: RunSpec) -> str:
+    """Start the run's folder clean (a rerun never appends to old events); write config.yaml."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    text = dump_yaml(spec.config.model_dump(mode="json"))
+    atomic_write_text(run_dir / "config.yaml", text)
+    return text
+
+
+def hparams_of(spec: RunSpec, decay: str) -> dict[str, Any]:
+    hp: dict[str, Any] = {"optimizer.name": spec.config.optimizer.name, "decay": decay, "seed": spec.seed}
+    for k, v in spec.params.items():
+        hp[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return hp
+
+
+def execute(spec: RunSpec, exp_dir: Path, base_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Train one run and write its folder; always returns a result, whatever happened."""
+    run_dir = Path(exp_dir) / spec.run_id
+    result = base_result(spec)
+    yaml_text = prepare_run_dir(run_dir, spec)
+    logger = None
+    start = time.perf_counter()
+    try:
+        device = resolve_device(spec.config.device)
+        result["device"] = str(device)
+        data = build_data(spec.config.data, spec.seed, base_dir).to(device)
+        logger = RunLogger(run_dir, histogram_bins=spec.config.log.histograms.bins)
+        logger.text("config", f"```yaml\n{yaml_text}```")
+        result["metrics"] = train(spec, run_dir, logger, data, device, progress, record=result)
+        result["status"] = "ok"
+    except Diverged as d:
+        result.update(status="diverged", diverged_step=d.step, error=f"loss became {d.loss} at step {d.step}")
+    except KeyboardInterrupt:
+        result.update(status="interrupted", error="interrupted by the user")
+    except OptcmpError:
+        raise  # a config mistake is the user's to fix, not a failed run
+    except Exception as e:  # noqa: BLE001 - a run that raises must not stop the sweep
+        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    finally:
+        if logger is not None:
+            if result["status"] is not None:
+                metrics = {f"final/{k}": v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+                logger.hparams(hparams_of(spec, result["decay"]), metrics)
+            logger.close()
+    result["metrics"].setdefault("seconds", time.perf_counter() - start)
+    if result["status"] is not None:
+        write_result(run_dir, result)
+    return result
