@@ -1,0 +1,162 @@
+"""The command line end to end: outputs on disk, TensorBoard tags, errors and exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optcmp.cli import app
+
+runner = CliRunner()
+
+SWEEP = """\
+name: cli
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8, 8], norm: layernorm, activation: none}
+data: {kind: quadratic}
+train: {steps: 12}
+optimizer: {name: adam, lr: 0.01}
+sweep:
+  optimizer.weight_decay: [0.01, 0.1]
+log: {every: 4, histograms: {every: 5}}
+"""
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture
+def finished(write_config, tmp_path):
+    path = write_config(SWEEP)
+    result = invoke("run", path, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "runs" / "cli", result
+
+
+def test_run_writes_every_output(finished):
+    exp, result = finished
+    ids = ["adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.1-s0", "adam-wd0.1-s1"]
+    for run_id in ids:
+        d = exp / run_id
+        assert {"config.yaml", "metrics.csv", "result.json", "weights.npz"} <= {p.name for p in d.iterdir()}
+        assert any(p.name.startswith("events.out.tfevents") for p in d.iterdir())
+        res = json.loads((d / "result.json").read_text())
+        assert res["run_id"] == run_id and res["status"] == "ok"
+        assert set(res["metrics"]) >= {"train_loss", "weight_norm", "steps", "seconds", "near_zero_frac"}
+        assert res["params"]["optimizer.weight_decay"] in (0.01, 0.1)
+    runs = pd.read_csv(exp / "runs.csv")
+    assert runs["run_id"].tolist() == ids
+    assert list(runs.columns[:10]) == [
+        "run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step",
+        "optimizer.weight_decay",
+    ]
+    summary = pd.read_csv(exp / "summary.csv")
+    assert sorted(summary["config_id"]) == ["adam-wd0.01", "adam-wd0.1"]
+    assert summary["n"].tolist() == [2, 2]
+    for config_id, group in runs.groupby("config_id"):
+        row = summary[summary["config_id"] == config_id].iloc[0]
+        assert row["train_loss_mean"] == pytest.approx(group["train_loss"].mean())
+        assert row["train_loss_std"] == pytest.approx(group["train_loss"].std(ddof=1))
+    assert (exp / "summary.md").read_text().startswith("| rank | config | optimizer.weight_decay | decay |")
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "train_loss"
+    assert "adam-wd0.1" in result.output and "coupled (L2)" in result.output
+
+
+def test_resolved_config_is_rerunnable(finished, tmp_path):
+    exp, _ = finished
+    resolved = exp / "adam-wd0.1-s1" / "config.yaml"
+    again = invoke("run", resolved, "--out", tmp_path / "again", "--set", "name=again")
+    assert again.exit_code == 0, again.output
+    a = json.loads((exp / "adam-wd0.1-s1" / "result.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "again" / "again" / "adam-s1" / "result.json").read_text())["metrics"]
+    assert a["train_loss"] == b["train_loss"] and a["weight_norm"] == b["weight_norm"]
+
+
+def test_tensorboard_tags(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(finished[0] / "adam-wd0.1-s0"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "lr/group0", "grad_norm", "weight_norm", "weight_norm/0", "weight_norm/3", "weight_norm/4", "update_ratio"} <= scalars
+    assert [e.step for e in acc.Scalars("train/loss")] == [0, 4, 8, 11]
+    histos = set(acc.Tags()["histograms"])
+    names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "4.weight", "4.bias"]
+    assert {f"weights/{n}" for n in names} <= histos and {f"grads/{n}" for n in names} <= histos
+    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10]
+
+
+def test_summary_rerenders_from_disk(finished):
+    exp, _ = finished
+    before = (exp / "summary.csv").read_text()
+    (exp / "summary.csv").unlink()
+    result = invoke("summary", exp)
+    assert result.exit_code == 0, result.output
+    assert (exp / "summary.csv").read_text() == before
+
+
+def test_plan_lists_runs_without_training(write_config, tmp_path):
+    result = invoke("plan", write_config(SWEEP), "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    for run_id in ["adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.1-s0", "adam-wd0.1-s1"]:
+        assert run_id in result.output
+    assert "4 runs" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_and_sweep_options(write_config, tmp_path):
+    result = invoke("plan", write_config(SWEEP), "--set", "seeds=[5]", "--sweep", "optimizer.weight_decay=0,0.3")
+    assert result.exit_code == 0, result.output
+    assert "adam-wd0-s5" in result.output and "adam-wd0.3-s5" in result.output and "wd0.01" not in result.output
+
+
+@pytest.mark.parametrize(
+    "mutation, message",
+    [
+        (("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adma, lr: 0.01}"),
+         ":7: optimizer.name: unknown optimizer `adma` (did you mean `adam`?); allowed: adadelta, adagrad, adam, adamax, adamw"),
+        (("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adamw, lr: 0.01, wieght_decay: 0.1}"),
+         ":7: optimizer.wieght_decay: `AdamW` takes no argument `wieght_decay` (did you mean `weight_decay`?); allowed: amsgrad, betas"),
+        (("device: cpu", "device: cuda:7"), ":3: device: `cuda:7` asked for, but"),
+        (("data: {kind: quadratic}", "data: {kind: mnist}"),
+         ":5: data.kind: unknown data set `mnist`"),
+        (("optimizer.weight_decay: [0.01, 0.1]", "optimizer.momentum: [0.9]"),
+         ":9: sweep.optimizer.momentum: 0.9: `Adam` takes no argument `momentum`"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(write_config, tmp_path, mutation, message):
+    path = write_config(SWEEP.replace(*mutation))
+    result = invoke("run", path, "--out", tmp_path / "runs")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.startswith(f"error: {path}")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "cli").exists()
+
+
+def test_missing_config_file(tmp_path):
+    result = invoke("run", tmp_path / "nope.yaml")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_summary_of_empty_folder(tmp_path):
+    result = invoke("summary", tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("no finished runs here (no */result.json); run `optcmp run CONFIG` first")
+
+
+def test_help_does_not_import_torch():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optcmp", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "run" in proc.stdout and "plan" in proc.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "optcmp" in imported
+    assert not imported & {"torch", "pandas", "numpy", "tensorboardX", "scipy"}
