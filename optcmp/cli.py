@@ -193,6 +193,48 @@ def _plan_ids(exp_dir: Path) -> dict[str, int]:
         return {}
 
 
+@app.command()
+def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
+            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
+            baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
+    """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
+    from optcmp.compare import write_compare
+
+    frame = write_compare(exp_dir, metric, baseline)
+    if frame.empty:
+        console.print(f"{exp_dir}: one config only; nothing to compare")
+        return
+    for sentence in frame["sentence"]:
+        console.print(f"• {sentence}", highlight=False, soft_wrap=True)  # one line each: quotable, greppable
+    console.print(_compare_table(frame))
+    console.print(f"Written {exp_dir / 'compare.csv'}")
+
+
+def _compare_table(frame):
+    from rich.table import Table
+
+    def num(x) -> str:
+        return "–" if x != x else f"{x:.3g}"  # x != x: NaN, where a test was not possible
+
+    table = Table(title=f"{frame['metric'].iloc[0]}: paired where configs share seeds, Holm-corrected", header_style="bold")
+    for col in ("a", "b", "test", "n", "mean a", "mean b", "rel. diff", "effect d", "p", "p (Holm)", ""):
+        table.add_column(col, justify="left" if col in ("a", "b", "test") else "right")
+    for r in frame.itertuples(index=False):
+        n = str(r.n_pairs) if r.n_pairs else f"{r.n_a}/{r.n_b}"
+        rel = "–" if r.rel_diff != r.rel_diff else f"{r.rel_diff:+.1%}"
+        table.add_row(r.config_a, r.config_b, r.test, n, num(r.mean_a), num(r.mean_b), rel, num(r.effect_size),
+                      num(r.p_value), num(r.p_holm), "*" if r.significant else "")
+    return table
+
+
+@app.command()
+def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
+    """Write report.html with loss, weight-norm and weight-distribution plots (no training)."""
+    from optcmp.report import write_report
+
+    console.print(f"Report: {write_report(exp_dir)}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the `optcmp` console script."""
     app()

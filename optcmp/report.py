@@ -33,6 +33,10 @@ _WEIGHT_QUANTILES = (0.005, 0.995)
 
 def write_report(directory: str | Path) -> Path:
     """Write `report.html` and its PNGs into the sweep folder `directory`; return the HTML path."""
+    try:
+        import matplotlib  # noqa: F401  (an optional extra; fail before any work is done)
+    except ImportError:
+        raise OptcmpError("optcmp report needs matplotlib: pip install 'optcmp[report]'") from None
     directory = Path(directory)
     runs = read_runs(directory)
     notes: list[tuple[str, str]] = []  # (run_id, why it is missing from the plots)
@@ -44,8 +48,9 @@ def write_report(directory: str | Path) -> Path:
     good = ok_runs(runs)
     configs = list(pd.unique(good["config_id"]))
     colors = _colors(configs)
-    curves = _read_curves(directory, good, notes)
-    weights = _read_weights(directory, good, notes)
+    curves = _read_run_files(directory, good, "metrics.csv", read_metrics, "the curves", notes)
+    weights = {config: np.concatenate(arrays) for config, arrays in
+               _read_run_files(directory, good, "weights.npz", _flat_weights, "the weight distributions", notes).items()}
     metric = default_primary(runs)
 
     figures = [
@@ -87,36 +92,27 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return frame.groupby("step").first().sort_index()
 
 
-def _read_curves(directory: Path, good: pd.DataFrame, notes: list) -> dict[str, list[pd.DataFrame]]:
-    curves: dict[str, list[pd.DataFrame]] = {}
+def _read_run_files(directory: Path, good: pd.DataFrame, name: str, read, used_for: str,
+                    notes: list) -> dict[str, list]:
+    """`read(path)` of each ok run's file `name`, grouped by config; a missing or broken file
+    is noted and skipped, since a run killed mid-write or a copied folder must not stop a report."""
+    out: dict[str, list] = {}
     for _, run in good.iterrows():
-        path = directory / run["run_id"] / "metrics.csv"
+        path = directory / run["run_id"] / name
         if not path.is_file():
-            notes.append((run["run_id"], "no metrics.csv: left out of the curves"))
+            notes.append((run["run_id"], f"no {name}: left out of {used_for}"))
             continue
         try:
-            curves.setdefault(run["config_id"], []).append(read_metrics(path))
-        except (OSError, ValueError, KeyError) as e:  # pandas' parse errors are ValueErrors
-            notes.append((run["run_id"], f"unreadable metrics.csv ({e}): left out of the curves"))
-    return curves
+            out.setdefault(run["config_id"], []).append(read(path))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # pandas' parse errors are ValueErrors
+            notes.append((run["run_id"], f"unreadable {name} ({e}): left out of {used_for}"))
+    return out
 
 
-def _read_weights(directory: Path, good: pd.DataFrame, notes: list) -> dict[str, np.ndarray]:
-    """Per config, all final parameters of all its seeds as one flat array."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for _, run in good.iterrows():
-        path = directory / run["run_id"] / "weights.npz"
-        if not path.is_file():
-            notes.append((run["run_id"], "no weights.npz: left out of the weight distributions"))
-            continue
-        try:
-            with np.load(path) as npz:
-                flat = [np.asarray(npz[k], dtype=float).ravel() for k in npz.files]
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            notes.append((run["run_id"], f"unreadable weights.npz ({e}): left out of the weight distributions"))
-            continue
-        parts.setdefault(run["config_id"], []).extend(flat)
-    return {c: np.concatenate(p) for c, p in parts.items() if p}
+def _flat_weights(path: Path) -> np.ndarray:
+    """All final parameters of one run's weights.npz as one flat array."""
+    with np.load(path) as npz:
+        return np.concatenate([np.asarray(npz[k], dtype=float).ravel() for k in npz.files] or [np.empty(0)])
 
 
 def _new_figure(n_axes: int = 1, width: float = 6.0):

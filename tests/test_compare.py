@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from optcmp.compare import compare_configs, default_metric, describe, holm, load_runs, write_compare
+from optcmp.compare import compare_configs, describe, holm, write_compare
+from optcmp.summary import read_runs
 from optcmp.errors import OptcmpError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep"
@@ -118,7 +119,7 @@ def test_a_null_difference_is_not_significant_and_the_test_is_calibrated():
 
 
 def test_sentences_on_the_fixture_sweep():
-    frame = compare_configs(load_runs(FIXTURE), None, None)
+    frame = compare_configs(read_runs(FIXTURE), None, None)
     assert list(frame["sentence"]) == [
         "adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds",
         "adamw-wd0.1 has 12% lower val_loss than adam-wd0.01, p=0.0043 (Holm), 3 paired seeds",
@@ -164,15 +165,15 @@ def test_baseline_compares_each_config_against_it():
 
 
 def test_default_metric_is_val_loss_where_there_is_one():
-    runs = runs_frame({"a": dict(enumerate(A))})
-    assert default_metric(runs) == "val_loss"
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})
+    assert compare_configs(runs)["metric"].tolist() == ["val_loss"]
     runs["val_loss"] = np.nan
-    assert default_metric(runs) == "train_loss"
+    assert compare_configs(runs)["metric"].tolist() == ["train_loss"]
 
 
 def test_bad_metric_names_what_is_allowed():
     with pytest.raises(OptcmpError) as e:
-        compare_configs(load_runs(FIXTURE), "val_los", None)
+        compare_configs(read_runs(FIXTURE), "val_los", None)
     assert str(e.value) == (
         "--metric: unknown metric `val_los`; allowed: train_loss, best_train_loss, val_loss, "
         "best_val_loss, weight_norm, near_zero_frac, steps, seconds, steps_per_second")
@@ -180,7 +181,7 @@ def test_bad_metric_names_what_is_allowed():
 
 def test_bad_baseline_names_what_is_allowed():
     with pytest.raises(OptcmpError) as e:
-        compare_configs(load_runs(FIXTURE), None, "adam")
+        compare_configs(read_runs(FIXTURE), None, "adam")
     assert str(e.value) == "--baseline: unknown config `adam`; allowed: adamw-wd0.1, adam-wd0.1, adam-wd0.01"
 
 

@@ -51,6 +51,8 @@ def test_report_holds_the_compare_sentences_and_lists_what_it_left_out(sweep):
     assert "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds</li>" in page
     assert "<li><code>adamw-wd0.1-s3</code>: status diverged: loss became nan at step 37</li>" in page
     assert "12 runs (11 ok, 1 diverged)" in page
+    assert "Aggregated from <code>runs.csv</code>" in page  # no summary.csv in the fixture
+    assert "<td>adamw-wd0.1</td>" in page
 
 
 def test_report_embeds_summary_csv_when_there_is_one(sweep):
@@ -104,3 +106,53 @@ def test_read_metrics_merges_the_rows_of_one_step(tmp_path):
     assert list(frame.index) == [0, 1]
     assert frame.loc[0, "train/loss"] == 2.0 and frame.loc[0, "val/loss"] == 3.0
     assert np.isnan(frame.loc[1, "val/loss"])
+
+
+TINY_SWEEP = """\
+name: tiny
+seeds: 3
+model: {kind: mlp, hidden: [8, 8], norm: layernorm, activation: none}
+data: {kind: quadratic, batch_size: full}
+train: {steps: 20, loss: mse}
+optimizer: {name: adam, lr: 0.01}
+sweep:
+  optimizer.lr: [0.001, 0.05]   # a real effect after 20 steps
+  log.every: [5, 10]            # irrelevant to training: a null difference
+log: {every: 5, histograms: {every: 0}}
+"""
+
+
+def test_run_then_compare_and_report_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    (tmp_path / "tiny.yaml").write_text(TINY_SWEEP)
+    cli = CliRunner()
+    result = cli.invoke(app, ["run", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    exp = tmp_path / "runs" / "tiny"
+
+    result = cli.invoke(app, ["compare", str(exp)])
+    assert result.exit_code == 0, result.output
+    # Same seeds and an irrelevant value: the runs are equal number for number.
+    assert ("• no difference between adam-lr0.05-every5 and adam-lr0.05-every10 in train_loss: "
+            "identical values over 3 paired seeds") in result.output
+    frame = pd.read_csv(exp / "compare.csv")
+    assert len(frame) == 6 and set(frame["test"]) == {"paired t"}
+    lr_differs = frame["config_a"].str[:11] != frame["config_b"].str[:11]
+    assert frame["significant"].tolist() == lr_differs.tolist()
+    assert (frame.loc[lr_differs, "rel_diff"] < -0.1).all()  # the larger lr learns faster here
+
+    result = cli.invoke(app, ["compare", str(exp), "--baseline", "adam-lr0.1"])
+    assert result.exit_code == 2
+    assert "--baseline: unknown config `adam-lr0.1`; allowed: adam-lr0.05-every5" in result.output
+
+    result = cli.invoke(app, ["report", str(exp)])
+    assert result.exit_code == 0, result.output
+    assert f"Report: {exp / 'report.html'}" in result.output.replace("\n", "")
+    page = (exp / "report.html").read_text()
+    assert images_in(page) == ["loss.png", "weight_norm.png", "weights.png", "final.png"]
+    for name in images_in(page):
+        assert_real_png(exp / name)
+    assert "Left out" not in page
