@@ -240,8 +240,13 @@ class LoadedConfig:
 
 
 def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+    word = str(word)
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    # difflib ranks `adamax` above `adam` for `adma`; a typo rarely changes the length
+    best = min(close, key=lambda c: (abs(len(c) - len(word)), -difflib.SequenceMatcher(None, word, c).ratio()))
+    return f" (did you mean `{best}`?)"
 
 
 def _model_fields(model: type[BaseModel]) -> list[str]:

@@ -121,7 +121,7 @@ def test_set_and_sweep_options(write_config, tmp_path):
     "mutation, message",
     [
         (("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adma, lr: 0.01}"),
-         ":7: optimizer.name: unknown optimizer `adma` (did you mean `adam`?); allowed: adadelta, adagrad, adam, adamax, adamw"),
+         ":7: optimizer.name: unknown optimizer `adma` (did you mean `adam`?); allowed: adadelta, adafactor, adagrad, adam"),
         (("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adamw, lr: 0.01, wieght_decay: 0.1}"),
          ":7: optimizer.wieght_decay: `AdamW` takes no argument `wieght_decay` (did you mean `weight_decay`?); allowed: amsgrad, betas"),
         (("device: cpu", "device: cuda:7"), ":3: device: `cuda:7` asked for, but"),
