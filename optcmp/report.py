@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def write_report(directory: str | Path) -> Path:
         error = run.get("error")
         why = f"status {run['status']}" + (f": {error}" if isinstance(error, str) and error else "")
         notes.append((run["run_id"], why))
+
+    notes += [(run_id, "planned in plan.json but has no result: not run yet")
+              for run_id in _planned(directory) if run_id not in set(runs["run_id"])]
 
     good = ok_runs(runs)
     configs = list(pd.unique(good["config_id"]))
@@ -80,6 +84,14 @@ def write_report(directory: str | Path) -> Path:
     path = directory / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def _planned(directory: Path) -> list[str]:
+    """The run ids of the last `optcmp run`'s plan, so an interrupted sweep shows what is missing."""
+    try:
+        return [r["run_id"] for r in json.loads((directory / "plan.json").read_text())]
+    except (OSError, ValueError, TypeError, KeyError):  # no plan (an older or copied folder), or a foreign one
+        return []
 
 
 def read_metrics(path: Path) -> pd.DataFrame:

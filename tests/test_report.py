@@ -1,6 +1,7 @@
 """report.py: real PNGs, an HTML page that references them, and a sweep with missing pieces."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -75,6 +76,16 @@ def test_report_survives_missing_and_broken_run_files(sweep):
     assert "<code>adam-wd0.1-s1</code>: no weights.npz: left out of the weight distributions" in page
     assert "<code>adam-wd0.01-s2</code>: unreadable weights.npz" in page
     assert "<code>adam-wd0.01-s3</code>: no metrics.csv" in page
+
+
+def test_report_of_an_interrupted_sweep_lists_the_runs_not_run_yet(sweep):
+    runs = pd.read_csv(sweep / "runs.csv")
+    plan = [{"run_id": r} for r in [*runs["run_id"], "adamw-wd0.01-s0", "adamw-wd0.01-s1"]]
+    (sweep / "plan.json").write_text(json.dumps(plan))
+    page = write_report(sweep).read_text()
+    assert "<code>adamw-wd0.01-s0</code>: planned in plan.json but has no result: not run yet" in page
+    assert "<code>adamw-wd0.01-s1</code>: planned" in page
+    assert "<code>adam-wd0.1-s0</code>: planned" not in page
 
 
 def test_report_on_a_sweep_where_every_run_failed(sweep):
