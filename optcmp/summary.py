@@ -30,7 +30,10 @@ def read_runs(exp_dir: Path) -> pd.DataFrame:
     path = Path(exp_dir) / "runs.csv"
     if not path.exists():
         raise OptcmpError(f"{exp_dir}: no runs.csv here; run `optcmp run CONFIG` first")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise OptcmpError(f"{path}: empty; run `optcmp summary {exp_dir}` to rebuild it from the run folders") from None
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:
