@@ -43,6 +43,7 @@ def _segments(numels: tuple[int, ...], bins: int, device: torch.device):
     return hit
 
 
+@torch.no_grad()  # also avoids a slow multithreaded autograd path for indexing on CPU
 def summarize(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
     """Summarize non-empty tensors of one device in a single batch.
 

@@ -1,52 +1,171 @@
 """One run's logger: scalars to TensorBoard and metrics.csv, histograms, text, hparams.
 
 The trainer only talks to `RunLogger`; how events are encoded and written is private here.
+Histograms are summarized on the run's device in one batch per step (`histograms.py`) and
+everything is encoded and written by a background thread (`tbevents.py`), so logging every
+parameter and gradient at every step costs little training time and little disk.
 """
 from __future__ import annotations
 
 import csv
+import json
+import math
+import numbers
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from tensorboardX import SummaryWriter
+from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
+
+from . import histograms as hist
+from .tbevents import EventFileWriter
+
+# TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
+# distribution's shape, and small on disk (16 bytes a bucket).
+DEFAULT_HISTOGRAM_BINS = 30
+
+_EVENTS_GLOB = "events.out.tfevents.*"
+_FINAL = "final/"
+
+# Tags and status codes the HParams plugin looks for (tensorboard/plugins/hparams/metadata.py).
+_HPARAMS_PLUGIN = "hparams"
+_EXPERIMENT_TAG = "_hparams_/experiment"
+_SESSION_START_TAG = "_hparams_/session_start_info"
+_SESSION_END_TAG = "_hparams_/session_end_info"
+_STATUS = {
+    "ok": Status.STATUS_SUCCESS,
+    "diverged": Status.STATUS_FAILURE,
+    "failed": Status.STATUS_FAILURE,
+    "interrupted": Status.STATUS_UNKNOWN,  # the proto has no "aborted"
+}
 
 
 class RunLogger:
-    """Writes one run's TensorBoard events and its `metrics.csv` into `run_dir`."""
+    """Writes one run's TensorBoard events and its `metrics.csv` into `run_dir`.
 
-    def __init__(self, run_dir: Path, *, histogram_bins: int = 64) -> None:
+    Stale event files and `metrics.csv` of an earlier, unfinished attempt of the run are
+    removed first: a redone run starts from step 0 and must not show twice in TensorBoard.
+    """
+
+    def __init__(self, run_dir: Path, *, histogram_bins: int = DEFAULT_HISTOGRAM_BINS) -> None:
+        if histogram_bins < 1:
+            raise ValueError(f"histogram_bins must be at least 1, got {histogram_bins}")
         self.run_dir = Path(run_dir)
         self.histogram_bins = histogram_bins
-        self._writer = SummaryWriter(str(self.run_dir))
-        self._rows: list[dict[str, float]] = []
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.run_dir.glob(_EVENTS_GLOB), self.run_dir / "metrics.csv"]:
+            stale.unlink(missing_ok=True)
+        self._events = EventFileWriter(self.run_dir)
+        self._start_time = time.time()
+        self._rows: dict[int, dict[str, float]] = {}  # step -> row, in the order first logged
         self._columns: dict[str, None] = {"step": None}
+        self._last_step = 0
+        self._closed = False
+
+    @property
+    def events_path(self) -> Path:
+        """The event file this logger writes."""
+        return self._events.path
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """Log scalars at `step` to TensorBoard and to the metrics.csv row of that step."""
-        row = {"step": step}
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, step)
+        """Log scalars at `step` to TensorBoard and to the metrics.csv row of that step.
+
+        Several calls for one step (e.g. training, then validation values) fill one row.
+        """
+        items = [(tag, float(value)) for tag, value in values.items()]
+        row = self._rows.setdefault(step, {"step": step})
+        for tag, value in items:
             row[tag] = value
             self._columns.setdefault(tag)
-        self._rows.append(row)
+        self._last_step = max(self._last_step, step)
+        wall = time.time()
+        self._events.submit(lambda: [_scalar_event(step, wall, items)])
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Log one histogram per tensor at `step`; tags are the mapping's keys."""
-        for tag, t in tensors.items():
-            self._writer.add_histogram(tag, t.detach().float().cpu(), step, bins=self.histogram_bins)
+        """Log one histogram per tensor at `step`; tags are the mapping's keys.
 
-    def text(self, tag: str, text: str) -> None:
-        self._writer.add_text(tag, text, 0)
+        The tensors may be live parameters: their summary is computed before this returns,
+        in a few batched ops per device, and only written later. Empty tensors are skipped.
+        """
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+        for tag, tensor in tensors.items():
+            if tensor.numel():
+                by_device.setdefault(tensor.device, []).append((tag, tensor))
+        if not by_device:
+            return
+        parts = [
+            ([tag for tag, _ in group], hist.to_host(hist.summarize([t for _, t in group], self.histogram_bins)))
+            for group in by_device.values()
+        ]
+        self._last_step = max(self._last_step, step)
+        wall = time.time()
+        self._events.submit(lambda: [_histogram_event(step, wall, parts)])
 
-    def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
-        """Register this run in the HParams dashboard with its swept values and final metrics."""
-        self._writer.add_hparams(dict(hparams), dict(metrics), name=".")
+    def text(self, tag: str, text: str, *, preformatted: bool = True) -> None:
+        """Store a text (e.g. tag `config`, the resolved YAML) in TensorBoard's Text tab.
+
+        TensorBoard renders text as markdown, which would fold YAML into one paragraph;
+        `preformatted` stores it as a markdown code block (each line indented 4 spaces).
+        """
+        if preformatted:
+            text = "\n".join("    " + line for line in text.splitlines())
+        summary = _text_summary(tag, text)
+        wall = time.time()
+        self._events.submit(lambda: [Event(wall_time=wall, step=0, summary=summary).SerializeToString()])
+
+    def hparams(
+        self, hparams: Mapping[str, object], metrics: Mapping[str, float | None], *, status: str = "ok"
+    ) -> None:
+        """Register this run in the HParams dashboard with its swept values and final metrics.
+
+        Call once, at the end of the run. `hparams` should hold the swept values by dotted
+        key and `seed`, so seeds of one config show as separate rows. Each metric is also
+        logged as the scalar `final/<name>` (the dashboard reads metric values from
+        scalars); metrics that are None are left out. `status` (ok, diverged, failed,
+        interrupted) sets the session's status in the dashboard.
+        """
+        finals = {
+            name if name.startswith(_FINAL) else _FINAL + name: float(value)
+            for name, value in metrics.items()
+            if value is not None
+        }
+        step, wall = self._last_step, time.time()
+        summaries = _hparams_summaries(hparams, finals, self._start_time, wall, status)
+        finals_event = _scalar_event(step, wall, list(finals.items()))
+
+        def job():
+            return [finals_event] + [
+                Event(wall_time=wall, step=step, summary=s).SerializeToString() for s in summaries
+            ]
+
+        self._events.submit(job)
+
+    def flush(self) -> None:
+        """Wait until everything logged so far is in the event file."""
+        self._events.flush()
 
     def close(self) -> None:
-        self._writer.close()
-        self._write_csv()
+        """Flush and close the event file, then write metrics.csv atomically. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._events.close()
+        finally:
+            self._write_csv()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _write_csv(self) -> None:
         path = self.run_dir / "metrics.csv"
@@ -54,5 +173,84 @@ class RunLogger:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(self._columns))
             w.writeheader()
-            w.writerows(self._rows)
+            w.writerows(self._rows.values())
         os.replace(tmp, path)
+
+
+def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> bytes:
+    # All of a step's scalars share one event: fewer records, fewer checksums.
+    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in items]
+    return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
+
+
+def _histogram_event(step: int, wall: float, parts: list[tuple[list[str], hist.HostSummary]]) -> bytes:
+    values = []
+    for tags, summary in parts:
+        protos = hist.to_protos(summary.array())
+        values += [Summary.Value(tag=tag, histo=proto) for tag, proto in zip(tags, protos)]
+    return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
+
+
+def _text_summary(tag: str, text: str) -> Summary:
+    # The text plugin's format; tensorboardX's `text()` would rename the tag to
+    # "<tag>/text_summary".
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+    tensor = TensorProto(
+        dtype="DT_STRING",
+        string_val=[text.encode()],
+        tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+
+
+def _hparam_value(value: object) -> tuple[str, object]:
+    """The HParams field and value for one swept value; lists and None become text."""
+    if isinstance(value, bool):
+        return "bool_value", value
+    if isinstance(value, numbers.Real) and math.isfinite(value):  # numpy scalars too
+        return "number_value", float(value)
+    if isinstance(value, str):
+        return "string_value", value
+    return "string_value", json.dumps(value, default=str)
+
+
+_TYPES = {
+    "bool_value": DataType.DATA_TYPE_BOOL,
+    "number_value": DataType.DATA_TYPE_FLOAT64,
+    "string_value": DataType.DATA_TYPE_STRING,
+}
+
+
+def _plugin_summary(tag: str, data: HParamsPluginData) -> Summary:
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=_HPARAMS_PLUGIN, content=data.SerializeToString())
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
+
+
+def _hparams_summaries(
+    hparams: Mapping[str, object], metric_tags: Mapping[str, float], start: float, end: float, status: str
+) -> list[Summary]:
+    """The experiment, session-start and session-end summaries of the HParams plugin.
+
+    Written into the run's own event file (tensorboardX's `add_hparams` would open a
+    timestamped sub-run instead). No group name is set, so every run, and thus every seed,
+    is its own row in the dashboard.
+    """
+    start_info = SessionStartInfo(start_time_secs=start)
+    infos = []
+    for name, value in hparams.items():
+        field, converted = _hparam_value(value)
+        setattr(start_info.hparams[name], field, converted)
+        infos.append(HParamInfo(name=name, type=_TYPES[field]))
+    experiment = Experiment(
+        hparam_infos=infos,
+        metric_infos=[MetricInfo(name=MetricName(tag=tag)) for tag in metric_tags],
+        time_created_secs=start,
+    )
+    end_info = SessionEndInfo(status=_STATUS.get(status, Status.STATUS_UNKNOWN), end_time_secs=end)
+    return [
+        _plugin_summary(_EXPERIMENT_TAG, HParamsPluginData(version=0, experiment=experiment)),
+        _plugin_summary(_SESSION_START_TAG, HParamsPluginData(version=0, session_start_info=start_info)),
+        _plugin_summary(_SESSION_END_TAG, HParamsPluginData(version=0, session_end_info=end_info)),
+    ]

@@ -1,0 +1,259 @@
+"""RunLogger: what lands in the event file and metrics.csv, read back with TensorBoard's reader."""
+from __future__ import annotations
+
+import csv
+import os
+import struct
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optcmp import crc32c as crc
+from optcmp import histograms as hist
+from optcmp.tbevents import EventFileWriter
+from optcmp.tblog import RunLogger
+
+ea_mod = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator",
+    reason="tensorboard (optional extra) is needed to read event files back",
+)
+from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
+
+BINS = 30
+
+
+def read_events(run_dir):
+    """TensorBoard's own reader, with no sampling limit for any kind of data."""
+    guidance = {k: 0 for k in ea_mod.DEFAULT_SIZE_GUIDANCE}
+    acc = ea_mod.EventAccumulator(str(run_dir), size_guidance=guidance)
+    acc.Reload()
+    return acc
+
+
+def small_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5), nn.Linear(5, 2))
+
+
+def train_and_log(logger: RunLogger, steps: int = 4):
+    """Train a small model, logging every parameter and gradient; return what was logged."""
+    model = small_model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    logged: dict[str, dict[int, torch.Tensor]] = {}
+    losses = []
+    for step in range(steps):
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        tensors = {}
+        for name, p in model.named_parameters():
+            tensors[f"weights/{name}"] = p  # live parameters: the optimizer changes them next
+            tensors[f"grads/{name}"] = p.grad
+        logger.histograms(step, tensors)
+        for tag, t in tensors.items():
+            logged.setdefault(tag, {})[step] = t.detach().clone()
+        logger.scalars(step, {"train/loss": loss.item()})
+        losses.append(loss.item())
+        opt.step()
+        opt.zero_grad()
+    return logged, losses
+
+
+def assert_histogram_matches(h, t: torch.Tensor):
+    """A HistogramValue describes tensor `t`: exact extrema and count, sums, bucket edges."""
+    x = t.double().flatten()
+    assert h.num == x.numel()
+    assert sum(h.bucket) == x.numel()
+    assert h.min == x.min().item() and h.max == x.max().item()
+    assert h.sum == pytest.approx(x.sum().item(), rel=1e-9, abs=1e-12)
+    assert h.sum_squares == pytest.approx((x * x).sum().item(), rel=1e-9)
+    assert len(h.bucket_limit) == len(h.bucket)
+    assert h.bucket_limit[-1] == h.max
+    if h.max > h.min:
+        assert len(h.bucket) == BINS
+        assert np.allclose(np.diff(h.bucket_limit), (h.max - h.min) / BINS)
+        # Every value sits in the bucket whose edges enclose it (up to float32 rounding at an edge).
+        eps = 1e-5 * (h.max - h.min)
+        below = np.cumsum(h.bucket)
+        for limit, n in zip(h.bucket_limit, below):
+            assert (x < limit - eps).sum().item() <= n <= (x <= limit + eps).sum().item()
+    else:
+        assert list(h.bucket) == [x.numel()]
+
+
+def test_every_histogram_tag_and_step_matches_its_tensor(tmp_path):
+    logger = RunLogger(tmp_path, histogram_bins=BINS)
+    logged, losses = train_and_log(logger, steps=4)
+    logger.close()
+
+    acc = read_events(tmp_path)
+    assert sorted(acc.Tags()["histograms"]) == sorted(logged)
+    for tag, by_step in logged.items():
+        events = acc.Histograms(tag)
+        assert [e.step for e in events] == sorted(by_step)
+        for e in events:
+            assert_histogram_matches(e.histogram_value, by_step[e.step])
+    # The Distributions tab is derived from the same histograms.
+    assert len(acc.CompressedHistograms("weights/0.weight")) == 4
+    loss_events = acc.Scalars("train/loss")
+    assert [e.step for e in loss_events] == [0, 1, 2, 3]
+    assert [e.value for e in loss_events] == [pytest.approx(v, rel=1e-6) for v in losses]
+
+
+def test_constant_and_non_finite_tensors(tmp_path):
+    ones = torch.ones(4, 5)  # a LayerNorm weight at initialization
+    with_nan = torch.tensor([1.0, float("nan"), 3.0, float("inf"), -2.0])
+    with RunLogger(tmp_path, histogram_bins=BINS) as logger:
+        logger.histograms(7, {"weights/ln": ones, "grads/bad": with_nan, "weights/empty": torch.empty(0)})
+    acc = read_events(tmp_path)
+    assert sorted(acc.Tags()["histograms"]) == ["grads/bad", "weights/ln"]
+    (ln,) = acc.Histograms("weights/ln")
+    assert (ln.step, ln.histogram_value.min, ln.histogram_value.max) == (7, 1.0, 1.0)
+    assert list(ln.histogram_value.bucket) == [20.0] and ln.histogram_value.sum == 20.0
+    # Non-finite values are left out: the histogram describes the finite ones.
+    (bad,) = acc.Histograms("grads/bad")
+    assert_histogram_matches(bad.histogram_value, torch.tensor([1.0, 3.0, -2.0]))
+
+
+def test_summary_is_taken_before_the_tensor_changes():
+    t = torch.arange(10.0)
+    summary = hist.to_host(hist.summarize([t], BINS))
+    t.mul_(100)  # e.g. an optimizer step right after logging
+    row = summary.array()[0]
+    assert (row[hist.MIN], row[hist.MAX], row[hist.SUM]) == (0.0, 9.0, 45.0)
+
+
+def test_histograms_are_encoded_and_written_off_the_calling_thread(tmp_path, monkeypatch):
+    threads = set()
+    to_protos = hist.to_protos
+
+    def spy(summary):
+        threads.add(threading.current_thread().name)
+        return to_protos(summary)
+
+    monkeypatch.setattr(hist, "to_protos", spy)
+    with RunLogger(tmp_path) as logger:
+        logger.histograms(0, {"weights/w": torch.randn(10)})
+        logger.flush()
+    assert threads == {"optcmp-events"}
+
+
+def test_histogram_bytes_are_compact(tmp_path):
+    """30 buckets of float64 limits and counts: about 0.6 kB per histogram of a 20×20 weight."""
+    with RunLogger(tmp_path, histogram_bins=BINS) as logger:
+        for step in range(10):
+            logger.histograms(step, {f"weights/{i}": torch.randn(20, 20) for i in range(10)})
+        path = logger.events_path
+    per_histogram = os.path.getsize(path) / 100
+    assert 500 < per_histogram < 620
+
+
+def test_scalars_rows_and_metrics_csv(tmp_path):
+    logger = RunLogger(tmp_path)
+    logger.scalars(0, {"train/loss": 2.5, "lr/group0": 0.01})
+    logger.scalars(0, {"val/loss": 3.0})  # the same step: the same row
+    logger.scalars(1, {"train/loss": 1.5, "lr/group0": 0.005})
+    logger.close()
+    logger.close()  # idempotent
+
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [
+        ["step", "train/loss", "lr/group0", "val/loss"],
+        ["0", "2.5", "0.01", "3.0"],
+        ["1", "1.5", "0.005", ""],
+    ]
+    assert not (tmp_path / "metrics.csv.tmp").exists()
+    acc = read_events(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("lr/group0")] == [
+        (0, pytest.approx(0.01)),
+        (1, pytest.approx(0.005)),
+    ]
+    assert [(e.step, e.value) for e in acc.Scalars("val/loss")] == [(0, 3.0)]
+
+
+def test_config_text(tmp_path):
+    yaml_text = "name: wd\noptimizer:\n  lr: 0.01\n"
+    with RunLogger(tmp_path) as logger:
+        logger.text("config", yaml_text)
+    acc = read_events(tmp_path)
+    (event,) = acc.Tensors("config")
+    stored = event.tensor_proto.string_val[0].decode()
+    assert stored == "    name: wd\n    optimizer:\n      lr: 0.01"  # a markdown code block
+    assert acc.SummaryMetadata("config").plugin_data.plugin_name == "text"
+
+
+def test_hparams_in_the_runs_own_folder(tmp_path):
+    run_dir = tmp_path / "adamw-wd0.1-s1"
+    with RunLogger(run_dir) as logger:
+        logger.scalars(9, {"train/loss": 0.5})
+        logger.hparams(
+            {"optimizer.name": "adamw", "optimizer.weight_decay": 0.1, "seed": 1, "norm": None},
+            {"train_loss": 0.5, "val_accuracy": None},
+            status="diverged",
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["adamw-wd0.1-s1"]  # no timestamped sub-run
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == []
+
+    acc = read_events(run_dir)
+    content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["optimizer.name"].string_value == "adamw"
+    assert start.hparams["optimizer.weight_decay"].number_value == 0.1
+    assert start.hparams["seed"].number_value == 1
+    assert start.hparams["norm"].string_value == "null"
+    experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
+    assert [m.name.tag for m in experiment.metric_infos] == ["final/train_loss"]
+    end = hp_metadata.parse_session_end_info_plugin_data(content[hp_metadata.SESSION_END_INFO_TAG])
+    assert end.status == 2  # STATUS_FAILURE
+    # The dashboard reads metric values from scalars of the same tag.
+    assert [(e.step, e.value) for e in acc.Scalars("final/train_loss")] == [(9, 0.5)]
+
+
+def test_a_redone_run_replaces_stale_events(tmp_path):
+    with RunLogger(tmp_path) as logger:
+        logger.scalars(0, {"train/loss": 9.0})
+    with RunLogger(tmp_path) as logger:
+        logger.scalars(0, {"train/loss": 1.0})
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    assert [e.value for e in read_events(tmp_path).Scalars("train/loss")] == [1.0]
+
+
+def test_writer_errors_surface_at_close(tmp_path):
+    writer = EventFileWriter(tmp_path)
+
+    def broken():
+        raise ValueError("bad event")
+
+    writer.submit(broken)
+    with pytest.raises(RuntimeError, match="bad event"):
+        writer.close()
+
+
+def test_crc32c_matches_the_reference():
+    from tensorboardX.crc32c import crc32c as slow_reference
+
+    assert crc.crc32c(b"123456789") == 0xE3069283  # the standard check value
+    rng = np.random.default_rng(0)
+    messages = [rng.bytes(n) for n in (0, 1, 3, 4, 5, 63, 64, 65, 255, 1000, 4097, 20021)]
+    assert crc.crc32c_many(messages) == [slow_reference(m) for m in messages]
+    assert crc._crc32c_numpy_many(messages[4:]) == [slow_reference(m) for m in messages[4:]]
+    # TFRecord framing: length, masked crc of length, data, masked crc of data.
+    framed = crc.masked(crc.crc32c(struct.pack("<Q", 3)))
+    assert framed == crc.masked(slow_reference(struct.pack("<Q", 3)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_summary_equals_cpu_summary():
+    torch.manual_seed(0)
+    tensors = [torch.randn(20, 20), torch.randn(20), torch.ones(5), torch.randn(7) * 1e-3]
+    on_cpu = hist.to_host(hist.summarize(tensors, BINS)).array()
+    on_gpu = hist.to_host(hist.summarize([t.cuda() for t in tensors], BINS)).array()
+    np.testing.assert_array_equal(on_gpu[:, : hist.SUM], on_cpu[:, : hist.SUM])
+    np.testing.assert_allclose(on_gpu[:, hist.SUM : hist.N_STATS], on_cpu[:, hist.SUM : hist.N_STATS], rtol=1e-9)
+    # Bucketing uses the same float32 arithmetic; allow a value on an edge to fall either side.
+    assert np.abs(on_gpu[:, hist.N_STATS :] - on_cpu[:, hist.N_STATS :]).sum() <= 2
