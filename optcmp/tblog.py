@@ -108,14 +108,11 @@ class RunLogger:
         wall = time.time()
         self._events.submit(lambda: [_histogram_event(step, wall, parts)])
 
-    def text(self, tag: str, text: str, *, preformatted: bool = True) -> None:
+    def text(self, tag: str, text: str) -> None:
         """Store a text (e.g. tag `config`, the resolved YAML) in TensorBoard's Text tab.
 
-        TensorBoard renders text as markdown, which would fold YAML into one paragraph;
-        `preformatted` stores it as a markdown code block (each line indented 4 spaces).
+        TensorBoard renders it as markdown, so YAML belongs in a ```yaml fence.
         """
-        if preformatted:
-            text = "\n".join("    " + line for line in text.splitlines())
         summary = _text_summary(tag, text)
         wall = time.time()
         self._events.submit(lambda: [Event(wall_time=wall, step=0, summary=summary).SerializeToString()])

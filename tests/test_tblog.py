@@ -176,13 +176,13 @@ def test_scalars_rows_and_metrics_csv(tmp_path):
 
 
 def test_config_text(tmp_path):
-    yaml_text = "name: wd\noptimizer:\n  lr: 0.01\n"
+    yaml_text = "```yaml\nname: wd\noptimizer:\n  lr: 0.01\n```"
     with RunLogger(tmp_path) as logger:
         logger.text("config", yaml_text)
     acc = read_events(tmp_path)
     (event,) = acc.Tensors("config")
     stored = event.tensor_proto.string_val[0].decode()
-    assert stored == "    name: wd\n    optimizer:\n      lr: 0.01"  # a markdown code block
+    assert stored == yaml_text
     assert acc.SummaryMetadata("config").plugin_data.plugin_name == "text"
 
 
