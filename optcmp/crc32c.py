@@ -8,8 +8,9 @@ steps. Here the checksum of many records is computed at once with numpy:
 The "raw" CRC (initial register 0, no final xor) is linear over GF(2) in the message, so
 for a message A‖B, raw(A‖B) = Z_|B|(raw(A)) ⊕ raw(B), where Z_n is the linear map
 "feed n zero bytes". Leading zero bytes leave the raw CRC unchanged (the register stays 0),
-so messages of different lengths are front-padded to one width and reduced pairwise in a
-tree of log2(length/4) vectorized steps. The standard CRC follows from the raw one by
+so messages of similar lengths are front-padded to one width, cut into 16-byte blocks whose
+raw CRCs are sums of 16 table look-ups (slice-by-16), and the blocks reduced pairwise in a
+tree of log2(length/16) vectorized steps. The standard CRC follows from the raw one by
 xoring the initial register 0xFFFFFFFF into the first four message bytes and the result
 with 0xFFFFFFFF.
 
@@ -74,22 +75,52 @@ def _crc32c_python(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+_LEAF = 16  # bytes per leaf of the tree, summed with one table per byte position (slice-by-16)
+
+
+@lru_cache(maxsize=None)
+def _leaf_tables() -> np.ndarray:
+    """tables[j][b]: raw CRC of a 16-byte block holding byte b at position j, zeros elsewhere."""
+    tables = np.empty((_LEAF, 256), dtype=np.uint32)
+    reg = _TABLE.copy()  # b fed last in the block
+    for j in reversed(range(_LEAF)):
+        tables[j] = reg
+        reg = _TABLE[reg & 0xFF] ^ (reg >> 8)  # one more zero byte after b
+    return tables
+
+
 def _crc32c_numpy_many(messages: Sequence[bytes]) -> list[int]:
+    """CRC-32C of messages of at least 4 bytes, best when their lengths are alike."""
     width = max(len(m) for m in messages)
-    width += -width % 4
+    width += -width % _LEAF
     buf = np.zeros((len(messages), width), dtype=np.uint8)
     for i, m in enumerate(messages):
         row = buf[i, width - len(m) :]  # right-aligned: leading zeros do not change the raw CRC
         row[:] = np.frombuffer(m, dtype=np.uint8)
         row[:4] ^= 0xFF  # the initial register 0xFFFFFFFF, folded into the message
-    regs = _apply(_zeros_operator(4), buf.view("<u4"))
-    block = 4  # bytes covered by each register in `regs`
+    blocks = buf.reshape(len(messages), -1, _LEAF)
+    tables = _leaf_tables()
+    regs = tables[0].take(blocks[:, :, 0])
+    for j in range(1, _LEAF):
+        regs ^= tables[j].take(blocks[:, :, j])
+    block = _LEAF  # bytes covered by each register in `regs`
     while regs.shape[1] > 1:
         if regs.shape[1] % 2:  # a zero block in front has raw CRC 0
             regs = np.concatenate([np.zeros((regs.shape[0], 1), np.uint32), regs], axis=1)
         regs = _apply(_zeros_operator(block), regs[:, 0::2]) ^ regs[:, 1::2]
         block *= 2
     return (regs[:, 0] ^ np.uint32(0xFFFFFFFF)).tolist()
+
+
+def _chunks_of_similar_length(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """Split indices sorted by length so that padding to a chunk's longest stays small."""
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and lengths[i] <= 1.25 * lengths[chunks[-1][0]] and len(chunks[-1]) * lengths[i] < 4 << 20:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 def _native():
@@ -117,14 +148,16 @@ def crc32c_many(messages: Sequence[bytes]) -> list[int]:
     if _NATIVE is not None:
         return [_NATIVE(m) for m in messages]
     out = [0] * len(messages)
+    lengths = [len(m) for m in messages]
     big = []
     for i, m in enumerate(messages):
-        if len(m) < _SMALL:
+        if lengths[i] < _SMALL:
             out[i] = _crc32c_python(m)
         else:
             big.append(i)
-    if big:
-        for i, crc in zip(big, _crc32c_numpy_many([messages[i] for i in big])):
+    big.sort(key=lengths.__getitem__)
+    for chunk in _chunks_of_similar_length(big, lengths):
+        for i, crc in zip(chunk, _crc32c_numpy_many([messages[i] for i in chunk])):
             out[i] = crc
     return out
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status
 from tensorboardX.proto.event_pb2 import Event
@@ -25,7 +26,7 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from . import histograms as hist
-from .tbevents import EventFileWriter
+from .tbevents import BatchJob, EventFileWriter, event_bytes
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
 # distribution's shape, and small on disk (16 bytes a bucket).
@@ -100,13 +101,10 @@ class RunLogger:
                 by_device.setdefault(tensor.device, []).append((tag, tensor))
         if not by_device:
             return
-        parts = [
-            ([tag for tag, _ in group], hist.to_host(hist.summarize([t for _, t in group], self.histogram_bins)))
-            for group in by_device.values()
-        ]
+        tags = tuple(tag for group in by_device.values() for tag, _ in group)
+        pending = [hist.summarize([t for _, t in group], self.histogram_bins) for group in by_device.values()]
         self._last_step = max(self._last_step, step)
-        wall = time.time()
-        self._events.submit(lambda: [_histogram_event(step, wall, parts)])
+        self._events.submit(_HistogramJob(step, time.time(), tags, pending))
 
     def text(self, tag: str, text: str) -> None:
         """Store a text (e.g. tag `config`, the resolved YAML) in TensorBoard's Text tab.
@@ -180,12 +178,21 @@ def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> byt
     return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
 
 
-def _histogram_event(step: int, wall: float, parts: list[tuple[list[str], hist.HostSummary]]) -> bytes:
-    values = []
-    for tags, summary in parts:
-        protos = hist.to_protos(summary.array())
-        values += [Summary.Value(tag=tag, histo=proto) for tag, proto in zip(tags, protos)]
-    return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
+class _HistogramJob(BatchJob):
+    """One step's histograms; queued steps with the same tags are encoded in one go."""
+
+    def __init__(self, step: int, wall: float, tags: tuple[str, ...], pending: list[hist.Pending]):
+        self.step, self.wall, self.tags, self.pending = step, wall, tags, pending
+
+    def batch_key(self):
+        return self.tags
+
+    @classmethod
+    def encode_batch(cls, jobs: list[_HistogramJob]) -> list[bytes]:
+        # Per device group (the same in every job of a batch): (steps, K_group, 5 + bins).
+        groups = [hist.stack([job.pending[g] for job in jobs]) for g in range(len(jobs[0].pending))]
+        summaries = hist.encode(jobs[0].tags, groups[0] if len(groups) == 1 else np.concatenate(groups, 1))
+        return [event_bytes(job.wall, job.step, summary) for job, summary in zip(jobs, summaries)]
 
 
 def _text_summary(tag: str, text: str) -> Summary:

@@ -72,16 +72,16 @@ def assert_histogram_matches(h, t: torch.Tensor):
     assert h.sum_squares == pytest.approx((x * x).sum().item(), rel=1e-9)
     assert len(h.bucket_limit) == len(h.bucket)
     assert h.bucket_limit[-1] == h.max
+    assert len(h.bucket) == BINS
     if h.max > h.min:
-        assert len(h.bucket) == BINS
         assert np.allclose(np.diff(h.bucket_limit), (h.max - h.min) / BINS)
         # Every value sits in the bucket whose edges enclose it (up to float32 rounding at an edge).
         eps = 1e-5 * (h.max - h.min)
         below = np.cumsum(h.bucket)
         for limit, n in zip(h.bucket_limit, below):
             assert (x < limit - eps).sum().item() <= n <= (x <= limit + eps).sum().item()
-    else:
-        assert list(h.bucket) == [x.numel()]
+    else:  # a constant: everything in the first bucket, which TensorBoard shows as [min, max]
+        assert list(h.bucket) == [x.numel()] + [0] * (BINS - 1)
 
 
 def test_every_histogram_tag_and_step_matches_its_tensor(tmp_path):
@@ -112,7 +112,7 @@ def test_constant_and_non_finite_tensors(tmp_path):
     assert sorted(acc.Tags()["histograms"]) == ["grads/bad", "weights/ln"]
     (ln,) = acc.Histograms("weights/ln")
     assert (ln.step, ln.histogram_value.min, ln.histogram_value.max) == (7, 1.0, 1.0)
-    assert list(ln.histogram_value.bucket) == [20.0] and ln.histogram_value.sum == 20.0
+    assert_histogram_matches(ln.histogram_value, ones)
     # Non-finite values are left out: the histogram describes the finite ones.
     (bad,) = acc.Histograms("grads/bad")
     assert_histogram_matches(bad.histogram_value, torch.tensor([1.0, 3.0, -2.0]))
@@ -120,7 +120,7 @@ def test_constant_and_non_finite_tensors(tmp_path):
 
 def test_summary_is_taken_before_the_tensor_changes():
     t = torch.arange(10.0)
-    summary = hist.to_host(hist.summarize([t], BINS))
+    summary = hist.summarize([t], BINS)
     t.mul_(100)  # e.g. an optimizer step right after logging
     row = summary.array()[0]
     assert (row[hist.MIN], row[hist.MAX], row[hist.SUM]) == (0.0, 9.0, 45.0)
@@ -128,13 +128,13 @@ def test_summary_is_taken_before_the_tensor_changes():
 
 def test_histograms_are_encoded_and_written_off_the_calling_thread(tmp_path, monkeypatch):
     threads = set()
-    to_protos = hist.to_protos
+    encode = hist.encode
 
-    def spy(summary):
+    def spy(tags, summaries):
         threads.add(threading.current_thread().name)
-        return to_protos(summary)
+        return encode(tags, summaries)
 
-    monkeypatch.setattr(hist, "to_protos", spy)
+    monkeypatch.setattr(hist, "encode", spy)
     with RunLogger(tmp_path) as logger:
         logger.histograms(0, {"weights/w": torch.randn(10)})
         logger.flush()
@@ -246,13 +246,31 @@ def test_crc32c_matches_the_reference():
     assert framed == crc.masked(slow_reference(struct.pack("<Q", 3)))
 
 
+def test_batched_and_device_paths_give_the_same_summary():
+    """numpy on CPU, one step or many at once, and the torch ops used on GPUs agree."""
+    torch.manual_seed(0)
+    steps = [
+        [torch.randn(20, 20) * (s + 1), torch.ones(5), torch.tensor([1.0, float("nan"), -4.0]), torch.randn(7)]
+        for s in range(3)
+    ]
+    one_by_one = np.stack([hist.summarize(ts, BINS).array() for ts in steps])
+    together = hist.stack([hist.summarize(ts, BINS) for ts in steps])
+    np.testing.assert_array_equal(together, one_by_one)
+    for ts, expected in zip(steps, one_by_one):
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        with_torch = hist._summarize_torch(flat, tuple(t.numel() for t in ts), BINS).numpy()
+        np.testing.assert_array_equal(with_torch[:, : hist.SUM], expected[:, : hist.SUM])
+        np.testing.assert_allclose(with_torch[:, hist.SUM :], expected[:, hist.SUM :], rtol=1e-12)
+    assert one_by_one[0, 2, hist.NUM] == 2  # the NaN left out
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_summary_equals_cpu_summary():
     torch.manual_seed(0)
     tensors = [torch.randn(20, 20), torch.randn(20), torch.ones(5), torch.randn(7) * 1e-3]
-    on_cpu = hist.to_host(hist.summarize(tensors, BINS)).array()
-    on_gpu = hist.to_host(hist.summarize([t.cuda() for t in tensors], BINS)).array()
+    on_cpu = hist.summarize(tensors, BINS).array()  # numpy
+    on_gpu = hist.summarize([t.cuda() for t in tensors], BINS).array()  # torch on the device
     np.testing.assert_array_equal(on_gpu[:, : hist.SUM], on_cpu[:, : hist.SUM])
     np.testing.assert_allclose(on_gpu[:, hist.SUM : hist.N_STATS], on_cpu[:, hist.SUM : hist.N_STATS], rtol=1e-9)
     # Bucketing uses the same float32 arithmetic; allow a value on an edge to fall either side.

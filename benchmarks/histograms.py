@@ -1,0 +1,119 @@
+"""What logging every histogram at every step costs: optcmp against tensorboardX by hand.
+
+Runs, as whole processes (Python start-up and imports included), interleaved so that
+drift in the machine's load hits every variant alike:
+
+  optcmp        `optcmp run` of the reference experiment (LayerNorm MLP regression, Adam
+                weight_decay 0.1, 1000 steps, 36 histograms — every weight and gradient —
+                at every step, every scalar at every step)
+  optcmp-nohist the same with histograms off (what optcmp's own overhead is)
+  baseline      ../shared/baselines/handwritten_histograms.py, `add_histogram` per tensor
+  baseline-nohist  the same script with --no-histograms: the floor
+
+and prints the medians side by side with two ratios and their goals:
+
+  time:  optcmp ÷ baseline-nohist      (goal ≤ 1.25)
+  bytes: optcmp's event bytes ÷ the baseline's   (goal ≤ 0.1)
+
+    python benchmarks/histograms.py                  # 5 repetitions, the slow baseline once
+    python benchmarks/histograms.py --reps 3 --baseline-reps 1 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ROOT.parent / "shared" / "baselines" / "handwritten_histograms.py"
+STEPS = 1000
+
+# The baseline script's experiment, as an optcmp config.
+CONFIG = f"""\
+name: bench-histograms
+seeds: [0]
+device: cpu
+model: {{kind: mlp, hidden: [20, 20, 20, 20], norm: layernorm, activation: none}}
+data: {{kind: quadratic, val_fraction: 0.0, batch_size: full}}
+train: {{steps: {STEPS}, loss: mse}}
+optimizer: {{name: adam, lr: 0.01, weight_decay: 0.1}}
+log:
+  every: 1
+  histograms: {{every: HIST_EVERY, weights: true, grads: true}}
+"""
+
+
+def event_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("events.out.tfevents.*"))
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds
+
+
+def variants(work: Path) -> dict[str, tuple[list[str], Path]]:
+    """Name → (command, folder its events go to). Each run starts from an empty folder."""
+    out = {}
+    for name, every in (("optcmp", 1), ("optcmp-nohist", 0)):
+        config = work / f"{name}.yaml"
+        config.write_text(CONFIG.replace("HIST_EVERY", str(every)))
+        folder = work / name
+        out[name] = ([sys.executable, "-m", "optcmp", "run", str(config), "--out", str(folder), "--fresh"], folder)
+    for name, extra in (("baseline", []), ("baseline-nohist", ["--no-histograms"])):
+        folder = work / name
+        out[name] = ([sys.executable, str(BASELINE), "--logdir", str(folder), "--steps", str(STEPS), *extra], folder)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the fast variants (median taken)")
+    ap.add_argument("--baseline-reps", type=int, default=1, help="repetitions of the ~1 min add_histogram baseline")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    times: dict[str, list[float]] = {}
+    sizes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
+        work = Path(tmp)
+        commands = variants(work)
+        for rep in range(max(args.reps, args.baseline_reps)):
+            for name, (cmd, folder) in commands.items():
+                if rep >= (args.baseline_reps if name == "baseline" else args.reps):
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+                seconds = timed(cmd, ROOT)
+                times.setdefault(name, []).append(seconds)
+                sizes[name] = event_bytes(folder)
+                print(f"  rep {rep + 1} {name:16s} {seconds:7.2f} s  {sizes[name]:>12,} event bytes", flush=True)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"\n{'variant':16s} {'median s':>9s} {'min s':>7s} {'n':>2s} {'event bytes':>13s}")
+    for name in commands:
+        print(f"{name:16s} {median[name]:9.2f} {min(times[name]):7.2f} {len(times[name]):2d} {sizes[name]:13,}")
+    time_ratio = median["optcmp"] / median["baseline-nohist"]
+    bytes_ratio = sizes["optcmp"] / sizes["baseline"]
+    hist_cost = median["optcmp"] - median["optcmp-nohist"]
+    print(f"\ntime:  optcmp ÷ baseline-nohist = {time_ratio:.3f}  (goal ≤ 1.25: {'met' if time_ratio <= 1.25 else 'NOT met'})")
+    print(f"bytes: optcmp ÷ baseline        = {bytes_ratio:.4f} (goal ≤ 0.1: {'met' if bytes_ratio <= 0.1 else 'NOT met'})")
+    print(f"histograms cost optcmp {hist_cost:+.2f} s over its own run without them; "
+          f"add_histogram costs the baseline {median['baseline'] - median['baseline-nohist']:+.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"times": times, "median": median, "event_bytes": sizes,
+             "time_ratio": time_ratio, "bytes_ratio": bytes_ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
