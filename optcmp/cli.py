@@ -235,6 +235,36 @@ def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. 
     console.print(f"Report: {write_report(exp_dir)}", highlight=False)
 
 
+@app.command()
+def board(
+    directory: Path = typer.Argument(Path("runs"), help="An output folder or one experiment's, e.g. runs/weight-decay."),
+    port: int = typer.Option(6006, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines too."),
+) -> None:
+    """Start TensorBoard on an output folder: scalars, histograms, distributions, HParams."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorboard") is None:  # an optional extra
+        err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'", markup=False, highlight=False)
+        raise typer.Exit(2)
+    if not directory.is_dir():
+        raise OptcmpError(f"{directory}: no such folder (give the --out folder of `optcmp run`, default runs/)")
+    console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(cmd)
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:  # the usual way to stop it; a terminal's Ctrl-C reached TensorBoard too
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+        raise typer.Exit(0) from None
+
+
 def main() -> None:
     """Entry point of the `optcmp` console script."""
     app()

@@ -1,7 +1,10 @@
 """A real TensorBoard server shows RunLogger's histograms and the HParams of a small sweep."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +17,10 @@ import torch
 
 from optcmp.tblog import RunLogger
 
-pytest.importorskip("tensorboard", reason="tensorboard (optional extra: pip install 'optcmp[tensorboard]') is not installed")
+needs_tensorboard = pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None,
+    reason="tensorboard (optional extra: pip install 'optcmp[tensorboard]') is not installed",
+)
 
 SWEEP = [(0.01, 0), (0.1, 0), (0.1, 1)]  # (weight_decay, seed): two configs, one with two seeds
 STEPS = 3
@@ -64,6 +70,7 @@ def wait_for_runs(base, runs, proc, log, deadline):
     pytest.fail("tensorboard did not serve the runs within 60 s")
 
 
+@needs_tensorboard
 def test_server_shows_histograms_and_hparams(tmp_path):
     logdir = tmp_path / "runs"
     expected = write_sweep(logdir)
@@ -121,3 +128,38 @@ def test_server_shows_histograms_and_hparams(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@needs_tensorboard
+def test_board_command_serves_an_output_folder(tmp_path):
+    write_sweep(tmp_path / "runs")
+    port = free_port()
+    log = tmp_path / "board.log"
+    with log.open("wb") as out:
+        # Its own session, so the test can send Ctrl-C to optcmp and TensorBoard alike, as a terminal does.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "optcmp", "board", str(tmp_path / "runs"), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_runs(f"http://127.0.0.1:{port}", [f"wd/wd{wd}-s{seed}" for wd, seed in SWEEP], proc, log,
+                      time.monotonic() + 60)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert f"http://127.0.0.1:{port}/" in log.read_text()
+
+
+def test_board_without_tensorboard_says_how_to_install(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    result = CliRunner().invoke(app, ["board", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "tensorboard is not installed: pip install 'optcmp[tensorboard]'" in result.output
