@@ -45,6 +45,10 @@ class Pending:
         self._array, self._snapshot, self._numels, self._bins = array, snapshot, numels, bins
         self._tensor, self._ready = tensor, ready
 
+    def rows(self, start: int, stop: int) -> Pending:
+        """The summaries of tensors start..stop-1, finished when this one is."""
+        return _Rows(self, start, stop)
+
     def array(self) -> np.ndarray:
         """The (K, 5 + bins) float64 summary."""
         if self._array is None:
@@ -55,6 +59,15 @@ class Pending:
                     self._ready.synchronize()
                 self._array = self._tensor.numpy()
         return self._array
+
+
+class _Rows(Pending):
+    def __init__(self, whole: Pending, start: int, stop: int) -> None:
+        super().__init__()
+        self._whole, self._start, self._stop = whole, start, stop
+
+    def array(self) -> np.ndarray:
+        return self._whole.array()[self._start : self._stop]
 
 
 def stack(pending: Sequence[Pending]) -> np.ndarray:
@@ -74,12 +87,13 @@ def stack(pending: Sequence[Pending]) -> np.ndarray:
     return np.stack([p.array() for p in pending])
 
 
-def summarize(tensors: Sequence[torch.Tensor], bins: int) -> Pending:
+def summarize(tensors: Sequence[torch.Tensor], bins: int, *, defer: bool = True) -> Pending:
     """Summarize non-empty tensors of one device in a single batch.
 
     The values are read before this returns (CPU: a copy) or before any later work on the
     device's stream (CUDA), so the inputs may be changed, e.g. by an optimizer step, right
-    after.
+    after. A small CPU batch is only copied here and summarized later with other steps
+    (`stack`), unless `defer` is false.
     """
     with torch.no_grad():  # no autograd bookkeeping; it also slows indexing on CPU
         flat = torch._C._nn.flatten_dense_tensors(list(tensors))  # one copy, in C++
@@ -90,7 +104,7 @@ def summarize(tensors: Sequence[torch.Tensor], bins: int) -> Pending:
     numels = tuple(t.numel() for t in tensors)
     if flat.device.type == "cpu":
         x = flat.numpy()
-        if x.size <= DEFER_MAX_VALUES:
+        if defer and x.size <= DEFER_MAX_VALUES:
             return Pending(snapshot=x, numels=numels, bins=bins)
         return Pending(array=_summarize_numpy(x[None], numels, bins)[0])
     with torch.no_grad():

@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +92,11 @@ class RunLogger:
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Log one histogram per tensor at `step`; tags are the mapping's keys.
 
-        The tensors may be live parameters: their summary is computed before this returns,
-        in a few batched ops per device, and only written later. Empty tensors are skipped.
+        The tensors may be live parameters: they are copied, or summarized on their device,
+        in a few batched ops before this returns; the rest happens on the writer thread.
+        Empty tensors are skipped.
         """
-        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-        for tag, tensor in tensors.items():
-            if tensor.numel():
-                by_device.setdefault(tensor.device, []).append((tag, tensor))
-        if not by_device:
-            return
-        tags = tuple(tag for group in by_device.values() for tag, _ in group)
-        pending = [hist.summarize([t for _, t in group], self.histogram_bins) for group in by_device.values()]
-        self._last_step = max(self._last_step, step)
-        self._events.submit(_HistogramJob(step, time.time(), tags, pending))
+        log_histograms(step, [(self, tensors)])
 
     def text(self, tag: str, text: str) -> None:
         """Store a text (e.g. tag `config`, the resolved YAML) in TensorBoard's Text tab.
@@ -176,6 +168,51 @@ def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> byt
     # All of a step's scalars share one event: fewer records, fewer checksums.
     values = [Summary.Value(tag=tag, simple_value=value) for tag, value in items]
     return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
+
+
+def log_histograms(step: int, runs: Sequence[tuple[RunLogger, Mapping[str, torch.Tensor]]]) -> None:
+    """`RunLogger.histograms` for several runs at one step, summarized in one batch.
+
+    For engines that train many runs together: one summary call for all their tensors
+    instead of one per run.
+    """
+    by_bins: dict[int, list[tuple[RunLogger, Mapping[str, torch.Tensor]]]] = {}
+    for logger, tensors in runs:
+        by_bins.setdefault(logger.histogram_bins, []).append((logger, tensors))
+    for group in by_bins.values():
+        for (logger, _), job in zip(group, _histogram_jobs(step, group)):
+            if job is not None:
+                logger._events.submit(job)
+
+
+def _histogram_jobs(
+    step: int, runs: Sequence[tuple[RunLogger, Mapping[str, torch.Tensor]]]
+) -> list[_HistogramJob | None]:
+    """One job per run (all with the same bucket count; None: nothing to show), from one
+    summary call per device."""
+    bins = runs[0][0].histogram_bins
+    wall = time.time()
+    by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
+    for i, (_, tensors) in enumerate(runs):
+        for tag, tensor in tensors.items():
+            if tensor.numel():  # an empty tensor has no histogram
+                by_device.setdefault(tensor.device, []).append((i, tag, tensor))
+    tags: list[list[str]] = [[] for _ in runs]
+    parts: list[list[hist.Pending]] = [[] for _ in runs]
+    for entries in by_device.values():
+        # A single run's small CPU batch is summarized later, with its other steps; several
+        # runs' tensors are summarized together now.
+        summary = hist.summarize([t for _, _, t in entries], bins, defer=len(runs) == 1)
+        start = 0
+        for i in range(len(runs)):
+            mine = [tag for run, tag, _ in entries if run == i]
+            if mine:
+                tags[i] += mine
+                parts[i].append(summary if len(runs) == 1 else summary.rows(start, start + len(mine)))
+                start += len(mine)
+    for logger, _ in runs:
+        logger._last_step = max(logger._last_step, step)
+    return [_HistogramJob(step, wall, tuple(t), p) if t else None for t, p in zip(tags, parts)]
 
 
 class _HistogramJob(BatchJob):

@@ -14,7 +14,7 @@ from torch import nn
 from optcmp import crc32c as crc
 from optcmp import histograms as hist
 from optcmp.tbevents import EventFileWriter
-from optcmp.tblog import RunLogger
+from optcmp.tblog import RunLogger, log_histograms
 
 ea_mod = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -116,6 +116,22 @@ def test_constant_and_non_finite_tensors(tmp_path):
     # Non-finite values are left out: the histogram describes the finite ones.
     (bad,) = acc.Histograms("grads/bad")
     assert_histogram_matches(bad.histogram_value, torch.tensor([1.0, 3.0, -2.0]))
+
+
+def test_several_runs_logged_together(tmp_path):
+    """The vectorized engine's way: one summary call for the tensors of every run."""
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3), torch.randn(4, 3) * 10]
+    loggers = [RunLogger(tmp_path / f"run{i}", histogram_bins=BINS) for i in range(2)]
+    log_histograms(5, [(lg, {"weights/w": w, "weights/empty": torch.empty(0)}) for lg, w in zip(loggers, weights)])
+    loggers[0].histograms(6, {})  # nothing to show: no event
+    for i, (logger, w) in enumerate(zip(loggers, weights)):
+        logger.close()
+        acc = read_events(tmp_path / f"run{i}")
+        assert acc.Tags()["histograms"] == ["weights/w"]
+        (event,) = acc.Histograms("weights/w")
+        assert event.step == 5
+        assert_histogram_matches(event.histogram_value, w)
 
 
 def test_summary_is_taken_before_the_tensor_changes():
