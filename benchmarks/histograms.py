@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
@@ -99,6 +101,10 @@ def main() -> None:
                 print(f"  rep {rep + 1} {name:16s} {seconds:7.2f} s  {sizes[name]:>12,} event bytes", flush=True)
 
     median = {name: statistics.median(values) for name, values in times.items()}
+    load = max(load_before, os.getloadavg()[0])
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"\nwarning: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPUs, "
+              "so the times say little (torch's thread pool suffers most: the baseline uses every core)")
     print(f"\n{'variant':16s} {'median s':>9s} {'min s':>7s} {'n':>2s} {'event bytes':>13s}")
     for name in commands:
         print(f"{name:16s} {median[name]:9.2f} {min(times[name]):7.2f} {len(times[name]):2d} {sizes[name]:13,}")
@@ -111,7 +117,7 @@ def main() -> None:
           f"add_histogram costs the baseline {median['baseline'] - median['baseline-nohist']:+.2f} s")
     if args.json:
         args.json.write_text(json.dumps(
-            {"times": times, "median": median, "event_bytes": sizes,
+            {"times": times, "median": median, "event_bytes": sizes, "load_average": load,
              "time_ratio": time_ratio, "bytes_ratio": bytes_ratio}, indent=2))
 
 

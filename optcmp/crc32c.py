@@ -93,11 +93,19 @@ def _crc32c_numpy_many(messages: Sequence[bytes]) -> list[int]:
     """CRC-32C of messages of at least 4 bytes, best when their lengths are alike."""
     width = max(len(m) for m in messages)
     width += -width % _LEAF
-    buf = np.zeros((len(messages), width), dtype=np.uint8)
-    for i, m in enumerate(messages):
-        row = buf[i, width - len(m) :]  # right-aligned: leading zeros do not change the raw CRC
-        row[:] = np.frombuffer(m, dtype=np.uint8)
-        row[:4] ^= 0xFF  # the initial register 0xFFFFFFFF, folded into the message
+    if all(len(m) == len(messages[0]) for m in messages):  # the usual case: one copy
+        rows = np.frombuffer(b"".join(messages), dtype=np.uint8).reshape(len(messages), -1)
+        buf = np.zeros((len(messages), width), dtype=np.uint8)
+        buf[:, width - rows.shape[1] :] = rows
+    else:
+        buf = np.zeros((len(messages), width), dtype=np.uint8)
+        for i, m in enumerate(messages):
+            buf[i, width - len(m) :] = np.frombuffer(m, dtype=np.uint8)
+    # Right-aligned: leading zeros do not change the raw CRC. The initial register
+    # 0xFFFFFFFF is folded into each message's first four bytes.
+    starts = width - np.array([len(m) for m in messages])
+    for k in range(4):
+        buf[np.arange(len(messages)), starts + k] ^= 0xFF
     blocks = buf.reshape(len(messages), -1, _LEAF)
     tables = _leaf_tables()
     regs = tables[0].take(blocks[:, :, 0])

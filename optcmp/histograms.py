@@ -87,13 +87,15 @@ def stack(pending: Sequence[Pending]) -> np.ndarray:
     return np.stack([p.array() for p in pending])
 
 
-def summarize(tensors: Sequence[torch.Tensor], bins: int, *, defer: bool = True) -> Pending:
+def summarize(
+    tensors: Sequence[torch.Tensor], bins: int, *, defer: bool = True, numels: tuple[int, ...] | None = None
+) -> Pending:
     """Summarize non-empty tensors of one device in a single batch.
 
     The values are read before this returns (CPU: a copy) or before any later work on the
     device's stream (CUDA), so the inputs may be changed, e.g. by an optimizer step, right
     after. A small CPU batch is only copied here and summarized later with other steps
-    (`stack`), unless `defer` is false.
+    (`stack`), unless `defer` is false. `numels`, when given, are the tensors' sizes.
     """
     with torch.no_grad():  # no autograd bookkeeping; it also slows indexing on CPU
         flat = torch._C._nn.flatten_dense_tensors(list(tensors))  # one copy, in C++
@@ -101,7 +103,8 @@ def summarize(tensors: Sequence[torch.Tensor], bins: int, *, defer: bool = True)
             flat = flat.clone()
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
-    numels = tuple(t.numel() for t in tensors)
+    if numels is None:
+        numels = tuple(t.numel() for t in tensors)
     if flat.device.type == "cpu":
         x = flat.numpy()
         if defer and x.size <= DEFER_MAX_VALUES:

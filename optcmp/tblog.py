@@ -192,6 +192,14 @@ def _histogram_jobs(
     summary call per device."""
     bins = runs[0][0].histogram_bins
     wall = time.time()
+    for logger, _ in runs:
+        logger._last_step = max(logger._last_step, step)
+    if len(runs) == 1:  # the usual case, without the bookkeeping below
+        tensors = runs[0][1]
+        values = list(tensors.values())
+        numels = tuple(t.numel() for t in values)
+        if values and 0 not in numels and len({t.device for t in values}) == 1:
+            return [_HistogramJob(step, wall, tuple(tensors), [hist.summarize(values, bins, numels=numels)])]
     by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
     for i, (_, tensors) in enumerate(runs):
         for tag, tensor in tensors.items():
@@ -210,8 +218,6 @@ def _histogram_jobs(
                 tags[i] += mine
                 parts[i].append(summary if len(runs) == 1 else summary.rows(start, start + len(mine)))
                 start += len(mine)
-    for logger, _ in runs:
-        logger._last_step = max(logger._last_step, step)
     return [_HistogramJob(step, wall, tuple(t), p) if t else None for t, p in zip(tags, parts)]
 
 
