@@ -238,6 +238,28 @@ def test_a_redone_run_replaces_stale_events(tmp_path):
     assert [e.value for e in read_events(tmp_path).Scalars("train/loss")] == [1.0]
 
 
+def test_batched_jobs_keep_queue_order():
+    from optcmp.tbevents import BatchJob, _encode
+
+    class Numbered(BatchJob):
+        batches = []
+
+        def __init__(self, n, key):
+            self.n, self.key = n, key
+
+        def batch_key(self):
+            return self.key
+
+        @classmethod
+        def encode_batch(cls, jobs):
+            cls.batches.append([job.n for job in jobs])
+            return [str(job.n).encode() for job in jobs]
+
+    jobs = [Numbered(0, "a"), lambda: [b"x"], Numbered(1, "b"), Numbered(2, "a"), lambda: [b"y", b"z"]]
+    assert _encode(jobs) == [b"0", b"x", b"1", b"2", b"y", b"z"]
+    assert Numbered.batches == [[0, 2], [1]]  # one call per key
+
+
 def test_writer_errors_surface_at_close(tmp_path):
     writer = EventFileWriter(tmp_path)
 
