@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,13 +55,16 @@ def event_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("events.out.tfevents.*"))
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all threads) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def variants(work: Path) -> dict[str, tuple[list[str], Path]]:
@@ -86,6 +90,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
         work = Path(tmp)
@@ -95,19 +100,22 @@ def main() -> None:
                 if rep >= (args.baseline_reps if name == "baseline" else args.reps):
                     continue
                 shutil.rmtree(folder, ignore_errors=True)
-                seconds = timed(cmd, ROOT)
+                seconds, cpu_seconds = timed(cmd, ROOT)
                 times.setdefault(name, []).append(seconds)
+                cpu.setdefault(name, []).append(cpu_seconds)
                 sizes[name] = event_bytes(folder)
-                print(f"  rep {rep + 1} {name:16s} {seconds:7.2f} s  {sizes[name]:>12,} event bytes", flush=True)
+                print(f"  rep {rep + 1} {name:16s} {seconds:7.2f} s  {cpu_seconds:7.2f} cpu s  "
+                      f"{sizes[name]:>12,} event bytes", flush=True)
 
     median = {name: statistics.median(values) for name, values in times.items()}
     load = max(load_before, os.getloadavg()[0])
     if load > 0.5 * (os.cpu_count() or 1):
         print(f"\nwarning: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPUs, "
               "so the times say little (torch's thread pool suffers most: the baseline uses every core)")
-    print(f"\n{'variant':16s} {'median s':>9s} {'min s':>7s} {'n':>2s} {'event bytes':>13s}")
+    print(f"\n{'variant':16s} {'median s':>9s} {'min s':>7s} {'median cpu s':>13s} {'n':>2s} {'event bytes':>13s}")
     for name in commands:
-        print(f"{name:16s} {median[name]:9.2f} {min(times[name]):7.2f} {len(times[name]):2d} {sizes[name]:13,}")
+        print(f"{name:16s} {median[name]:9.2f} {min(times[name]):7.2f} {statistics.median(cpu[name]):13.2f} "
+              f"{len(times[name]):2d} {sizes[name]:13,}")
     time_ratio = median["optcmp"] / median["baseline-nohist"]
     bytes_ratio = sizes["optcmp"] / sizes["baseline"]
     hist_cost = median["optcmp"] - median["optcmp-nohist"]
@@ -117,7 +125,7 @@ def main() -> None:
           f"add_histogram costs the baseline {median['baseline'] - median['baseline-nohist']:+.2f} s")
     if args.json:
         args.json.write_text(json.dumps(
-            {"times": times, "median": median, "event_bytes": sizes, "load_average": load,
+            {"times": times, "cpu_seconds": cpu, "median": median, "event_bytes": sizes, "load_average": load,
              "time_ratio": time_ratio, "bytes_ratio": bytes_ratio}, indent=2))
 
 

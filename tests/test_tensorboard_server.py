@@ -96,6 +96,12 @@ def test_server_shows_histograms_and_hparams(tmp_path):
             assert buckets[0][0] == pytest.approx((w * (step + 1)).min().item())
             assert buckets[-1][1] == pytest.approx((w * (step + 1)).max().item())
 
+        # Distributions tab: the same histograms as percentile bands, from min to max.
+        dists = request(base, "/data/plugin/distributions/distributions?run=wd/wd0.1-s1&tag=weights/0.weight")
+        assert [step for _, step, _ in dists] == list(range(STEPS))
+        for (_, step, bands), (_, _, buckets) in zip(dists, histos):
+            assert bands[0][1] == pytest.approx(buckets[0][0]) and bands[-1][1] == pytest.approx(buckets[-1][1])
+
         # HParams dashboard: one session group per run, seeds apart, with the final metric.
         groups = request(base, "/data/plugin/hparams/session_groups", {
             "experimentName": "",
