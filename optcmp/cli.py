@@ -88,10 +88,12 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 
 
 def _print_groups(loaded, specs) -> None:
-    """The resolved optimizer parameter groups of the first run of each config."""
+    """The resolved optimizer parameter groups and schedule of the first run of each config."""
+    from rich.markup import escape
+
     from optcmp.data import build_data
     from optcmp.models import build_model
-    from optcmp.optimizers import decay_semantics, group_names
+    from optcmp.optimizers import decay_semantics, describe_schedule, group_names, optimizer_class, schedule_length
 
     shown = set()
     for s in specs:
@@ -100,12 +102,18 @@ def _print_groups(loaded, specs) -> None:
         shown.add(s.config_id)
         data = build_data(s.config.data, s.seed, loaded.base_dir)
         model = build_model(s.config.model, data.n_features, data.n_outputs)
-        groups = group_names(model, s.config.optimizer)
-        decay = decay_semantics(s.config.optimizer)
-        console.print(f"[bold]{s.config_id}[/]: {s.config.optimizer.name}, decay {decay}")
-        for i, g in enumerate(groups):
+        cls = optimizer_class(s.config.optimizer.name).__name__
+        console.print(f"[bold]{escape(s.config_id)}[/]: {escape(cls)}, decay {decay_semantics(s.config.optimizer)}",
+                      highlight=False, soft_wrap=True)
+        for i, g in enumerate(group_names(model, s.config.optimizer)):
             opts = ", ".join(f"{k}={v}" for k, v in g.items() if k != "params")
-            console.print(f"  group {i}: {len(g['params'])} tensors ({', '.join(g['params'])}){'; ' + opts if opts else ''}")
+            names = g["params"]
+            listed = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+            count = f"{len(names)} tensor{'s' if len(names) != 1 else ''}"
+            console.print(escape(f"  group {i}: {opts + '; ' if opts else ''}{count}: {listed}"), highlight=False, soft_wrap=True)
+        schedule = describe_schedule(s.config.scheduler, schedule_length(s.config, len(data.x_train)))
+        if schedule:
+            console.print(escape(f"  schedule: {schedule}"), highlight=False, soft_wrap=True)
 
 
 @app.command()

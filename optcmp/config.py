@@ -60,12 +60,12 @@ class DataConfig(_Strict):
     features: int = Field(10, ge=1)
     classes: int = Field(2, ge=2)
     # sklearn / csv / imported factories
-    name: str | None = None  # sklearn data set name (breast_cancer, digits, wine, iris, diabetes…)
-    path: str | None = None  # csv file, relative to the config file
+    name: str | None = None  # sklearn data set shipped with the package: breast_cancer, digits, wine, iris, diabetes, linnerud
+    path: str | None = None  # csv file, relative to the config file's folder
     target: str | None = None  # csv target column
-    columns: list[str] | None = None  # csv feature columns (default: all but the target)
-    task: Literal["auto", "regression", "classification"] = "auto"
-    standardize: bool = False  # fitted on the training split only
+    columns: list[str] | None = None  # csv feature columns (default: every column but the target)
+    task: Literal["auto", "regression", "classification"] = "auto"  # auto: inferred from the target
+    standardize: bool = False  # features to mean 0, std 1, fitted on the training split only
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to an imported factory
 
     @field_validator("batch_size")
@@ -104,8 +104,18 @@ class OptimizerConfig(BaseModel):
     name: str = "adam"  # any torch.optim class (case-insensitive) or "package.module:Class"
     lr: float | None = Field(None, gt=0)  # None: the optimizer's own default
     weight_decay: float | None = Field(None, ge=0)  # None: the optimizer's default (AdamW 0.01, Adam 0)
-    no_decay: list[str] = Field(default_factory=list)  # name patterns of parameters without decay
-    groups: list[dict[str, Any]] = Field(default_factory=list)  # [{params: pattern, lr: …}, …]
+    # Parameters whose weight_decay is 0: `bias`, `norm` (weights and biases of normalization
+    # layers) or name patterns (globs; `head` also matches head.weight, `LayerNorm.weight`
+    # also matches encoder.0.LayerNorm.weight).
+    no_decay: list[str] = Field(default_factory=list)
+    # Per-module options, first match wins: [{params: "head", lr: 0.1}, …]; `params` is a
+    # pattern as in no_decay, or a list of them; the other keys are optimizer arguments.
+    groups: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("no_decay", mode="before")
+    @classmethod
+    def _one_pattern(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments for the optimizer class (defaults left out)."""
@@ -118,10 +128,28 @@ class OptimizerConfig(BaseModel):
 
 
 class SchedulerConfig(BaseModel):
+    # Any other key is a keyword argument of the scheduler, checked against its signature.
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str  # any torch.optim.lr_scheduler class or "package.module:Class"
-    interval: Literal["step", "epoch"] = "step"  # when scheduler.step() is called
-    warmup_steps: int = Field(0, ge=0)  # linear warmup before the schedule starts
+    name: str | None = None  # any torch.optim.lr_scheduler class, "package.module:Class", or None (constant after warmup)
+    interval: Literal["step", "epoch"] = "step"  # scheduler.step() after every optimizer step, or every epoch
+    # Linear warmup from lr·warmup_start_factor to lr before the schedule starts, counted in
+    # optimizer steps (interval: step) or in epochs (interval: epoch).
+    warmup_steps: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.01, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _warmup_unit(self) -> "SchedulerConfig":
+        if self.interval == "step" and self.warmup_epochs:
+            raise ValueError("warmup_epochs needs interval: epoch; with interval: step give warmup_steps")
+        if self.interval == "epoch" and self.warmup_steps:
+            raise ValueError("warmup_steps needs interval: step; with interval: epoch give warmup_epochs")
+        return self
+
+    @property
+    def warmup(self) -> int:
+        """Warmup length in scheduler steps (the unit of `interval`)."""
+        return self.warmup_steps if self.interval == "step" else self.warmup_epochs
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -1,13 +1,16 @@
-"""Name → model builder: `mlp`, `linear`, or a user factory `package.module:factory`."""
-from __future__ import annotations
+"""Name → model builder: `mlp`, `linear`, or a user factory `package.module:factory`.
 
-import inspect
+A factory (a function or an nn.Module class) is called with `model.kwargs`, plus
+`in_features` and `out_features` (the data's feature count and the number of classes, or
+of regression targets) when it takes them, and must return an nn.Module.
+"""
+from __future__ import annotations
 
 from torch import nn
 
-from optcmp.config import ModelConfig
+from optcmp.config import ModelConfig, _did_you_mean
 from optcmp.errors import ConfigError
-from optcmp.imports import is_import_path, load_object
+from optcmp.imports import check_kwargs, colon_hint, is_import_path, load_object, signature_of
 
 ACTIVATION_LAYERS = {
     "relu": nn.ReLU,
@@ -21,6 +24,7 @@ ACTIVATION_LAYERS = {
 }
 NORM_LAYERS = {"layernorm": nn.LayerNorm, "batchnorm": nn.BatchNorm1d}
 BUILTIN = ("mlp", "linear")
+SUPPLIED = ("in_features", "out_features")
 
 
 def mlp(in_features: int, out_features: int, hidden: list[int], norm: str = "none", activation: str = "none") -> nn.Sequential:
@@ -43,6 +47,24 @@ def mlp(in_features: int, out_features: int, hidden: list[int], norm: str = "non
     return nn.Sequential(*layers)
 
 
+def imported_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Module:
+    factory = load_object(cfg.kind, "model.kind")
+    kwargs = dict(cfg.kwargs)
+    sig = signature_of(factory)
+    takes_any = sig is not None and any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for name, value in zip(SUPPLIED, (in_features, out_features)):
+        if sig is not None and (name in sig.parameters or takes_any):
+            kwargs.setdefault(name, value)
+    check_kwargs("model.kwargs", factory, kwargs, supplied=("self", *SUPPLIED))
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's code failed: one line, not a traceback
+        raise ConfigError("model.kind", f"`{cfg.kind}` raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model.kind", f"`{cfg.kind}` returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
 def build_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Module:
     """Build the configured model for data with `in_features` inputs and `out_features` outputs."""
     if cfg.kind == "mlp":
@@ -50,14 +72,6 @@ def build_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Mod
     if cfg.kind == "linear":
         return nn.Linear(in_features, out_features)
     if is_import_path(cfg.kind):
-        factory = load_object(cfg.kind, "model.kind")
-        kwargs = dict(cfg.kwargs)
-        params = inspect.signature(factory).parameters
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if name in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                kwargs.setdefault(name, value)
-        model = factory(**kwargs)
-        if not isinstance(model, nn.Module):
-            raise ConfigError("model.kind", f"`{cfg.kind}` returned {type(model).__name__}, expected a torch.nn.Module")
-        return model
-    raise ConfigError("model.kind", f"unknown model `{cfg.kind}`; allowed: {', '.join(BUILTIN)} or package.module:factory")
+        return imported_model(cfg, in_features, out_features)
+    raise ConfigError("model.kind", f"unknown model `{cfg.kind}`{_did_you_mean(cfg.kind, BUILTIN)}; "
+                      f"allowed: {', '.join(BUILTIN)} or package.module:factory{colon_hint(cfg.kind)}")

@@ -1,6 +1,7 @@
 """Name → optimizer and scheduler factories, parameter groups, and decay semantics.
 
-Every `torch.optim` optimizer is available by case-insensitive name (`adamw`, `SGD`…);
+Every `torch.optim` optimizer is available by case-insensitive name (`adamw`, `SGD`…),
+every `torch.optim.lr_scheduler` scheduler likewise (`cosineannealinglr`, `StepLR`…);
 `package.module:Class` imports any other. Keyword arguments are checked against the
 class's signature before a run starts, so a typo is an error, not a silent default.
 """
@@ -8,80 +9,92 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
+import re
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
-from optcmp.config import OptimizerConfig, SchedulerConfig, _did_you_mean
+from optcmp.config import ExperimentConfig, OptimizerConfig, SchedulerConfig, _did_you_mean
+from optcmp.data import steps_per_epoch
 from optcmp.errors import ConfigError
-from optcmp.imports import is_import_path, load_object
+from optcmp.imports import check_kwargs, display_name, is_import_path, load_object, signature_of
 
-# Keys of the optimizer section that optcmp consumes itself.
+# Keys of the optimizer and scheduler sections that optcmp consumes itself.
 OWN_KEYS = ("name", "no_decay", "groups")
-# Optimizers whose weight_decay is added to the gradient (L2), against decoupled ones
-# that shrink the weights directly (Loshchilov & Hutter).
-COUPLED = {"adam", "sgd", "rmsprop", "adagrad", "adamax", "nadam", "radam", "asgd", "adadelta", "sparseadam"}
-DECOUPLED = {"adamw"}
-# Optimizers that take a variant flag which switches their decay to decoupled.
+SCHEDULER_OWN_KEYS = ("name", "interval", "warmup_steps", "warmup_epochs", "warmup_start_factor")
+
+# How each torch.optim optimizer applies `weight_decay`, read from its update rule:
+# coupled adds λ·θ to the gradient (L2, so adaptive methods rescale it); decoupled
+# shrinks θ by lr·λ·θ outside the gradient (Loshchilov & Hutter). Muon's docstring
+# says "L2 penalty", but its code decays decoupled: param.mul_(1 - lr * weight_decay).
+COUPLED = {"adam", "sgd", "rmsprop", "adagrad", "adamax", "nadam", "radam", "asgd", "adadelta"}
+DECOUPLED = {"adamw", "adafactor", "muon"}
+# Variant flags that switch a coupled optimizer to decoupled decay (Adam, NAdam, RAdam).
 DECOUPLED_FLAGS = ("decoupled_weight_decay",)
-NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d,
-              nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
+SEMANTICS = ("coupled", "decoupled")
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # and subclasses under other names
+NORM_NAME = re.compile(r"Norm(\d+d)?$")  # user classes named like RMSNorm, ScaleNorm, MyBatchNorm1d
+SHORTHANDS = ("bias", "norm")
+
+# Schedulers that take other schedulers; a YAML value cannot express them.
+COMPOSITE_SCHEDULERS = ("sequentiallr", "chainedscheduler")
+# Scheduler arguments that are functions: an import path string is loaded.
+CALLABLE_ARGS = ("lr_lambda", "scale_fn")
 
 
-def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
-    """Every optimizer class in torch.optim by lower-case name."""
+# --- optimizers ----------------------------------------------------------------------
+
+
+def _classes(module: Any, base: type, excluded: tuple[type, ...]) -> dict[str, type]:
+    """The subclasses of `base` that `module` exports, by lower-case name."""
     out = {}
-    for name in dir(torch.optim):
-        obj = getattr(torch.optim, name)
-        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
+    for name in dir(module):
+        obj = getattr(module, name)
+        if isinstance(obj, type) and issubclass(obj, base) and obj not in excluded:
             out[name.lower()] = obj
     return out
 
 
-def optimizer_class(name: str) -> type:
+def _named_class(name: str, key: str, table: dict[str, type], what: str) -> type:
+    """A class from `table` by case-insensitive name, or from an import path."""
     if is_import_path(name):
-        cls = load_object(name, "optimizer.name")
-        if not (isinstance(cls, type) or callable(cls)):
-            raise ConfigError("optimizer.name", f"`{name}` is not an optimizer class")
+        cls = load_object(name, key)
+        if not callable(cls):
+            raise ConfigError(key, f"`{name}` is not a class or a factory")
         return cls
-    table = torch_optimizers()
     cls = table.get(name.lower())
     if cls is None:
-        raise ConfigError(
-            "optimizer.name",
-            f"unknown optimizer `{name}`{_did_you_mean(name.lower(), table)}; allowed: {', '.join(sorted(table))} "
-            "or package.module:Class",
-        )
+        raise ConfigError(key, f"unknown {what} `{name}`{_did_you_mean(name.lower(), table)}; "
+                          f"allowed: {', '.join(sorted(table))} or package.module:Class")
     return cls
 
 
-def _accepted(cls: type) -> tuple[set[str], bool]:
-    params = inspect.signature(cls).parameters
-    names = {p for p in params if p not in ("self", "params")}
-    return names, any(p.kind is p.VAR_KEYWORD for p in params.values())
+def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class in torch.optim by lower-case name."""
+    return _classes(torch.optim, torch.optim.Optimizer, (torch.optim.Optimizer,))
 
 
-def check_kwargs(section: str, cls: type, kwargs: dict[str, Any]) -> None:
-    """Every keyword must be a parameter of `cls` (unless it takes **kwargs)."""
-    names, var_kw = _accepted(cls)
-    if var_kw:
-        return
-    for key in kwargs:
-        if key not in names:
-            raise ConfigError(
-                f"{section}.{key}",
-                f"`{cls.__name__}` takes no argument `{key}`{_did_you_mean(key, names)}; allowed: {', '.join(sorted(names))}",
-            )
+def optimizer_class(name: str) -> type:
+    return _named_class(name, "optimizer.name", torch_optimizers(), "optimizer")
+
+
+def _takes(cls: Any, arg: str) -> bool:
+    sig = signature_of(cls)
+    return sig is None or arg in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 def resolved_kwargs(cfg: OptimizerConfig) -> dict[str, Any]:
     """The optimizer's keyword arguments with its own defaults filled in, for the record."""
     cls = optimizer_class(cfg.name)
     kwargs = cfg.kwargs()
-    check_kwargs("optimizer", cls, kwargs)
+    check_kwargs("optimizer", cls, kwargs, own=OWN_KEYS)
     out = {}
-    for name, p in inspect.signature(cls).parameters.items():
+    sig = signature_of(cls)
+    for name, p in (sig.parameters.items() if sig else ()):
         if name in ("self", "params") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         if name in kwargs:
@@ -93,108 +106,283 @@ def resolved_kwargs(cfg: OptimizerConfig) -> dict[str, Any]:
 
 
 def decay_semantics(cfg: OptimizerConfig) -> str:
-    """`decoupled`, `coupled` (L2 through the gradient), `none` (zero decay) or `unknown`."""
+    """How the run's weight decay acts: `coupled` (L2 through the gradient), `decoupled`
+    (shrinks the weights directly), `none` (no decay anywhere) or `unknown`.
+
+    An imported optimizer is `unknown` unless its class declares
+    `decay_semantics = "coupled"` or `"decoupled"`: optcmp does not guess from names.
+    """
     cls = optimizer_class(cfg.name)
     kwargs = resolved_kwargs(cfg)
-    wd = kwargs.get("weight_decay", 0) or 0
-    declared = getattr(cls, "decay_semantics", None)
-    if wd == 0 and "weight_decay" in kwargs:
-        return "none"
-    if declared in ("coupled", "decoupled"):
-        return declared
-    if is_import_path(cfg.name) or cls.__module__.split(".")[0] != "torch":
-        return "unknown"
     if "weight_decay" not in kwargs:
+        return "none"  # LBFGS, Rprop, SparseAdam: no weight decay at all
+    decays = [kwargs["weight_decay"], *(g["weight_decay"] for g in cfg.groups if isinstance(g, dict) and "weight_decay" in g)]
+    if not any(decays):
         return "none"
+    declared = getattr(cls, "decay_semantics", None)
+    if declared in SEMANTICS:
+        return declared
+    if is_import_path(cfg.name) or not getattr(cls, "__module__", "").startswith("torch."):
+        return "unknown"
     if any(kwargs.get(flag) for flag in DECOUPLED_FLAGS):
         return "decoupled"
     lname = cls.__name__.lower()
     return "decoupled" if lname in DECOUPLED else "coupled" if lname in COUPLED else "unknown"
 
 
-def _matches(name: str, module: nn.Module | None, pattern: str) -> bool:
-    """`norm` and `bias` are shorthands; anything else is a glob on the parameter name."""
+def _is_norm(module: nn.Module | None) -> bool:
+    return module is not None and (isinstance(module, NORM_TYPES) or bool(NORM_NAME.search(type(module).__name__)))
+
+
+def matches(name: str, module: nn.Module | None, pattern: str) -> bool:
+    """Whether a `no_decay` or `groups` pattern selects the parameter `name` (owned by `module`).
+
+    `bias` is every bias, `norm` every parameter of a normalization layer. Any other pattern
+    is a glob matched against the whole name, a module prefix (`head` → head.weight,
+    head.0.bias) or a final part (`LayerNorm.weight` → encoder.0.LayerNorm.weight).
+    """
     if pattern == "bias":
-        return name == "bias" or name.endswith(".bias")
+        return name.rpartition(".")[2] == "bias"
     if pattern == "norm":
-        return isinstance(module, NORM_TYPES)
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, f"{pattern}.*") or name.startswith(f"{pattern}.")
+        return _is_norm(module)
+    return any(fnmatch.fnmatchcase(name, p) for p in (pattern, f"{pattern}.*", f"*.{pattern}"))
 
 
-def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
-    """Parameter groups: user `groups` (matched by name pattern, first match wins), then
-    `no_decay` parameters with weight_decay 0, then the rest. Empty groups are dropped."""
+def _owners(model: nn.Module) -> dict[str, nn.Module]:
     owner = {}
     for mod_name, mod in model.named_modules():
         for p_name, _ in mod.named_parameters(recurse=False):
             owner[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
-    groups: list[dict[str, Any]] = []
-    for i, spec in enumerate(cfg.groups):
-        if "params" not in spec:
-            raise ConfigError(f"optimizer.groups[{i}]", "needs `params`: a parameter-name pattern such as `0.*` or `head`")
-        groups.append({"pattern": spec["params"], "options": {k: v for k, v in spec.items() if k != "params"}, "params": [], "names": []})
-    no_decay = {"options": {"weight_decay": 0.0}, "params": [], "names": []}
-    rest = {"options": {}, "params": [], "names": []}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        target = next((g for g in groups if _matches(name, owner.get(name), g["pattern"])), None)
-        if target is None:
-            nd = any(_matches(name, owner.get(name), pat) for pat in cfg.no_decay)
-            target = no_decay if nd else rest
-        target["params"].append(p)
-        target["names"].append(name)
+    return owner
+
+
+def _group_specs(cfg: OptimizerConfig, cls: type) -> list[tuple[list[str], dict[str, Any]]]:
+    """The user's `groups` as (patterns, options), each checked."""
     out = []
-    for g in [*groups, no_decay, rest]:
-        if g["params"]:
-            out.append({"params": g["params"], "names": g["names"], **g["options"]})
+    for i, spec in enumerate(cfg.groups):
+        key = f"optimizer.groups[{i}]"
+        patterns = spec.get("params") if isinstance(spec, dict) else None
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not patterns or not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"{key}.params", "give a parameter-name pattern such as `head` or `0.*`, or a list of them")
+        options = {k: v for k, v in spec.items() if k != "params"}
+        _check_group(key, cls, options)
+        out.append((patterns, options))
+    return out
+
+
+def _check_group(key: str, cls: type, options: dict[str, Any]) -> None:
+    # a group need not repeat the optimizer's required arguments: only unknown keys count
+    sig = signature_of(cls)
+    required = tuple(n for n, p in sig.parameters.items() if p.default is p.empty) if sig else ()
+    check_kwargs(key, cls, options, supplied=("self", "params", *required), own=("params",))
+
+
+def _no_match(key: str, pattern: str, names: list[str]) -> ConfigError:
+    modules = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
+    shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+    return ConfigError(key, f"`{pattern}` matches no parameter{_did_you_mean(pattern, [*names, *modules])}; parameters: {shown}")
+
+
+def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: `{"params": [...], "names": [...], **options}`.
+
+    Each user group (first matching pattern wins) and then the remaining parameters form
+    a group; within each, the `no_decay` parameters form their own group with
+    weight_decay 0, placed after the decayed one. Empty groups are dropped; a pattern
+    that selects nothing is an error, as it is almost always a typo.
+    """
+    cls = optimizer_class(cfg.name)
+    specs = _group_specs(cfg, cls)
+    # an optimizer without weight decay leaves every parameter undecayed already
+    no_decay = cfg.no_decay if _takes(cls, "weight_decay") else []
+    owner = _owners(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    if not named:
+        raise ConfigError("model", "the model has no trainable parameters")
+    buckets: dict[tuple[int, bool], list[tuple[str, torch.Tensor]]] = {}
+    for name, p in named:
+        gi = next((i for i, (pats, _) in enumerate(specs) if any(matches(name, owner.get(name), q) for q in pats)), len(specs))
+        nd = any(matches(name, owner.get(name), q) for q in no_decay)
+        buckets.setdefault((gi, nd), []).append((name, p))
+    for i, (pats, _) in enumerate(specs):
+        if not any(gi == i for gi, _ in buckets):
+            for q in pats:
+                if not any(matches(n, owner.get(n), q) for n in names):
+                    raise _no_match(f"optimizer.groups[{i}].params", q, names)
+            raise ConfigError(f"optimizer.groups[{i}].params", "every parameter it matches belongs to an earlier group")
+    for q in no_decay:
+        if q not in SHORTHANDS and not any(matches(n, owner.get(n), q) for n in names):
+            raise _no_match("optimizer.no_decay", q, names)
+    out = []
+    for gi in range(len(specs) + 1):
+        options = specs[gi][1] if gi < len(specs) else {}
+        for nd in (False, True):
+            members = buckets.get((gi, nd))
+            if members:
+                extra = {"weight_decay": 0.0} if nd else {}
+                out.append({"params": [p for _, p in members], "names": [n for n, _ in members], **options, **extra})
     return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     cls = optimizer_class(cfg.name)
     kwargs = cfg.kwargs()
-    check_kwargs("optimizer", cls, kwargs)
-    groups = param_groups(model, cfg)
-    for i, g in enumerate(groups):
-        check_kwargs(f"optimizer.groups[{i}]", cls, {k: v for k, v in g.items() if k not in ("params", "names")})
-    torch_groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    if len(torch_groups) == 1 and set(torch_groups[0]) == {"params"}:
-        # one plain group: pass the list as a plain script would
-        return cls(torch_groups[0]["params"], **kwargs)
+    check_kwargs("optimizer", cls, kwargs, own=OWN_KEYS)
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
+    # one plain group: pass the tensors as a plain script would
+    params = groups[0]["params"] if len(groups) == 1 and set(groups[0]) == {"params"} else groups
     try:
-        return cls(torch_groups, **kwargs)
+        return cls(params, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError("optimizer", f"`{cls.__name__}` refused its arguments: {e}") from None
 
 
 def group_names(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
-    """The resolved parameter groups as plain data: names and options, for plan and records."""
-    return [{"params": g["names"], **{k: v for k, v in g.items() if k not in ("params", "names")}} for g in param_groups(model, cfg)]
+    """The resolved parameter groups as plain data, for `plan` and result.json: the
+    parameter names, the effective `lr` and `weight_decay`, and any other group option."""
+    resolved = resolved_kwargs(cfg)
+    base = {k: resolved[k] for k in ("lr", "weight_decay") if k in resolved}
+    return [{"params": g["names"], **base, **{k: v for k, v in g.items() if k not in ("params", "names")}}
+            for g in param_groups(model, cfg)]
 
 
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
-    """LBFGS (and optimizers that say so) re-evaluate the loss inside `step`."""
-    return isinstance(opt, torch.optim.LBFGS) or bool(getattr(opt, "requires_closure", False))
+    """Whether `step` must get a closure that re-evaluates the loss: LBFGS, and any
+    optimizer whose `step(closure)` has no default or that sets `requires_closure`."""
+    if getattr(opt, "requires_closure", False):
+        return True
+    sig = signature_of(type(opt).step)
+    closure = sig.parameters.get("closure") if sig else None
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedulerConfig | None):
-    if cfg is None:
-        return None
-    if is_import_path(cfg.name):
-        cls = load_object(cfg.name, "scheduler.name")
-    else:
-        table = {n.lower(): getattr(torch.optim.lr_scheduler, n) for n in dir(torch.optim.lr_scheduler)
-                 if isinstance(getattr(torch.optim.lr_scheduler, n), type)
-                 and issubclass(getattr(torch.optim.lr_scheduler, n), torch.optim.lr_scheduler.LRScheduler)
-                 and n not in ("LRScheduler", "_LRScheduler")}
-        cls = table.get(cfg.name.lower())
-        if cls is None:
-            raise ConfigError("scheduler.name", f"unknown scheduler `{cfg.name}`{_did_you_mean(cfg.name.lower(), table)}; "
-                              f"allowed: {', '.join(sorted(table))} or package.module:Class")
+# --- schedulers ----------------------------------------------------------------------
+
+
+def torch_schedulers() -> dict[str, type]:
+    """Every scheduler class in torch.optim.lr_scheduler by lower-case name, but for the
+    composite ones, which take other schedulers."""
+    table = _classes(lr_scheduler, lr_scheduler.LRScheduler, (lr_scheduler.LRScheduler, lr_scheduler._LRScheduler))
+    return {k: v for k, v in table.items() if k not in COMPOSITE_SCHEDULERS}
+
+
+def scheduler_class(name: str) -> type:
+    if name.lower() in COMPOSITE_SCHEDULERS:
+        raise ConfigError("scheduler.name", f"`{name}` chains other schedulers and cannot be given in YAML; "
+                          "for warmup use scheduler.warmup_steps, otherwise an import path package.module:factory")
+    return _named_class(name, "scheduler.name", torch_schedulers(), "scheduler")
+
+
+def schedule_length(config: ExperimentConfig, n_train: int) -> int:
+    """How many times the run calls scheduler.step(): once per optimizer step, or once per
+    (possibly partial) epoch with `interval: epoch`."""
+    per_epoch = steps_per_epoch(config.data, n_train)
+    total = config.train.epochs * per_epoch if config.train.epochs is not None else config.train.steps
+    if config.scheduler is not None and config.scheduler.interval == "epoch":
+        return math.ceil(total / per_epoch)
+    return total
+
+
+class WarmupThenPlateau:
+    """Linear warmup, then ReduceLROnPlateau, which SequentialLR cannot chain (its
+    step needs the monitored metric)."""
+
+    def __init__(self, warmup: lr_scheduler.LinearLR, plateau: lr_scheduler.ReduceLROnPlateau, length: int) -> None:
+        self.warmup, self.plateau, self.length, self.count = warmup, plateau, length, 0
+
+    def step(self, metrics: float) -> None:
+        if self.count < self.length:
+            self.warmup.step()
+        else:
+            self.plateau.step(metrics)
+        self.count += 1
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.plateau.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "warmup": self.warmup.state_dict(), "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+        self.warmup.load_state_dict(state["warmup"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
+def _scheduler_kwargs(cls: type, cfg: SchedulerConfig, length: int | None) -> dict[str, Any]:
     kwargs = cfg.kwargs()
-    check_kwargs("scheduler", cls, kwargs)
+    for key in CALLABLE_ARGS:
+        if is_import_path(kwargs.get(key)):
+            kwargs[key] = load_object(kwargs[key], f"scheduler.{key}")
+    # The schedule's length, when left out, is the rest of the run after warmup: a cosine
+    # then ends at eta_min on the last step, and OneCycleLR covers the whole run.
+    if length is not None:
+        params = signature_of(cls).parameters if signature_of(cls) else {}
+        if "T_max" in params and "T_max" not in kwargs:
+            kwargs["T_max"] = length - cfg.warmup
+        if "total_steps" in params and not {"total_steps", "epochs", "steps_per_epoch"} & set(kwargs):
+            kwargs["total_steps"] = length - cfg.warmup
+    check_kwargs("scheduler", cls, kwargs, own=SCHEDULER_OWN_KEYS)
+    return kwargs
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedulerConfig | None, length: int | None = None):
+    """The run's learning-rate schedule: optional linear warmup, then the configured
+    scheduler; None without one. `length` is the number of scheduler steps in the run
+    (`schedule_length`), used for `T_max`/`total_steps` when the config leaves them out.
+    Step it with `step_scheduler`."""
+    if cfg is None or (cfg.name is None and not cfg.warmup):
+        return None
+    warm = cfg.warmup
+    unit = "warmup_steps" if cfg.interval == "step" else "warmup_epochs"
+    if cfg.name is not None and length is not None and warm >= length:
+        raise ConfigError(f"scheduler.{unit}", f"a warmup of {warm} leaves nothing of the run's {length} scheduler steps")
+    cls = scheduler_class(cfg.name) if cfg.name is not None else None
+    kwargs = _scheduler_kwargs(cls, cfg, length) if cls is not None else {}
+    warmup = lr_scheduler.LinearLR(opt, start_factor=cfg.warmup_start_factor, total_iters=warm) if warm else None
+    if cls is None:
+        return warmup
     try:
-        return cls(opt, **kwargs)
-    except (TypeError, ValueError) as e:
+        main = cls(opt, **kwargs)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ConfigError("scheduler", f"`{cls.__name__}` refused its arguments: {e}") from None
+    if warmup is None:
+        return main
+    if isinstance(main, lr_scheduler.ReduceLROnPlateau):
+        return WarmupThenPlateau(warmup, main, warm)
+    return lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm])
+
+
+def describe_schedule(cfg: SchedulerConfig | None, length: int) -> str | None:
+    """One line for `plan`: the warmup, the scheduler with its resolved arguments, the interval."""
+    if cfg is None or (cfg.name is None and not cfg.warmup):
+        return None
+    parts = []
+    if cfg.warmup:
+        unit = "steps" if cfg.interval == "step" else "epochs"
+        parts.append(f"linear warmup over {cfg.warmup} {unit} from lr×{cfg.warmup_start_factor:g}")
+    if cfg.name is None:
+        parts.append("constant")
+    else:
+        cls = scheduler_class(cfg.name)
+        kwargs = _scheduler_kwargs(cls, cfg, length)
+        args = ", ".join(f"{k}={display_name(v) if callable(v) else v}" for k, v in kwargs.items())
+        parts.append(f"{cls.__name__}({args})")
+    return ", then ".join(parts) + f"; stepped every {cfg.interval}"
+
+
+def takes_metric(sched: Any) -> bool:
+    return isinstance(sched, (lr_scheduler.ReduceLROnPlateau, WarmupThenPlateau))
+
+
+def step_scheduler(sched: Any, metric: float | None) -> None:
+    """One scheduler step; ReduceLROnPlateau gets the monitored metric."""
+    if sched is None:
+        return
+    if takes_metric(sched):
+        sched.step(metric)
+    else:
+        sched.step()

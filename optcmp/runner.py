@@ -36,7 +36,7 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
     bad value stops the sweep before the first run, with its file and line."""
     from optcmp.data import build_data
     from optcmp.models import build_model
-    from optcmp.optimizers import build_optimizer, build_scheduler
+    from optcmp.optimizers import build_optimizer, build_scheduler, schedule_length
     from optcmp.trainer import loss_function, resolve_device
 
     seen: set[str] = set()
@@ -50,7 +50,8 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
             data = build_data(cfg.data, spec.seed, loaded.base_dir)
             loss_function(cfg, data.task)
             model = build_model(cfg.model, data.n_features, data.n_outputs)
-            build_scheduler(build_optimizer(model, cfg.optimizer), cfg.scheduler)
+            opt = build_optimizer(model, cfg.optimizer)
+            build_scheduler(opt, cfg.scheduler, schedule_length(cfg, len(data.x_train)))
         except ConfigError as e:
             swept = next((k for k in spec.params if e.key == k or e.key.startswith(k + ".")), None)
             key = f"sweep.{swept}" if swept else e.key

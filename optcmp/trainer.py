@@ -23,7 +23,8 @@ from optcmp.config import ExperimentConfig
 from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.models import build_model
-from optcmp.optimizers import build_optimizer, build_scheduler, decay_semantics, group_names, needs_closure, resolved_kwargs
+from optcmp.optimizers import (build_optimizer, build_scheduler, decay_semantics, group_names, needs_closure, resolved_kwargs,
+                               schedule_length, step_scheduler, takes_metric)
 from optcmp.results import atomic_write_bytes, atomic_write_text, write_result
 from optcmp.sweep import RunSpec
 from optcmp.tblog import RunLogger
@@ -148,7 +149,7 @@ def train(
     torch.manual_seed(spec.seed)  # the seeding contract: right before the model is built
     model = build_model(config.model, data.n_features, data.n_outputs).to(device)
     opt = build_optimizer(model, config.optimizer)
-    sched = build_scheduler(opt, config.scheduler)
+    sched = build_scheduler(opt, config.scheduler, schedule_length(config, len(data.x_train)))
     if record is not None:
         record["param_groups"] = group_names(model, config.optimizer)
     named = [(n, p) for n, p in model.named_parameters()]
@@ -172,7 +173,7 @@ def train(
             values["val/loss"] = vl
             if va is not None:
                 values["val/accuracy"] = va
-        values.update({f"lr/group{i}": g["lr"] for i, g in enumerate(opt.param_groups)})
+        values.update({f"lr/group{i}": lr for i, lr in enumerate(lrs)})
         if grads_norm is not None:
             values["grad_norm"] = grads_norm
         values.update(weight_scalars(named))
@@ -187,6 +188,7 @@ def train(
 
     step = 0
     epoch = 0
+    lrs = [float(g["lr"]) for g in opt.param_groups]  # the rates of the latest step, as logged
     start = time.perf_counter()
     model.train()
     while step < total:
@@ -198,19 +200,25 @@ def train(
             log_step = not by_epoch and (step % every == 0 or step == total - 1)
             hist_step = hist_every > 0 and not by_epoch and step % hist_every == 0
 
+            first: list[torch.Tensor] = []  # the loss at the step's start, however often a closure runs
+
+            @torch.enable_grad()
             def closure():
                 opt.zero_grad(set_to_none=True)
                 batch_loss = loss_fn(predict(model, xb, data.task), yb)
                 batch_loss.backward()
+                if not first:
+                    first.append(batch_loss.detach())
                 return batch_loss
 
+            lrs = [float(g["lr"]) for g in opt.param_groups]
             if closure_opt:
                 before = [p.detach().clone() for p in params] if log_step else None
-                loss_t = opt.step(closure)
+                opt.step(closure)
             else:
-                loss_t = closure()
+                closure()
                 before = [p.detach().clone() for p in params] if log_step else None
-            loss = loss_t.item()
+            loss = first[0].item()
             _check(loss, step, threshold)
             grads_norm = None
             if log_step:
@@ -221,7 +229,7 @@ def train(
             if not closure_opt:
                 opt.step()
             if sched is not None and config.scheduler.interval == "step":
-                sched.step()
+                step_scheduler(sched, loss)
             epoch_sum += loss * (len(yb))
             epoch_n += len(yb)
             if log_step:
@@ -234,7 +242,12 @@ def train(
             step += 1
         epoch += 1
         if sched is not None and config.scheduler.interval == "epoch":
-            sched.step()
+            # ReduceLROnPlateau watches the validation loss where there is one
+            metric = None
+            if takes_metric(sched):
+                metric = evaluate(model, data.x_val, data.y_val, data.task, loss_fn)[0] if data.x_val is not None \
+                    else epoch_sum / max(epoch_n, 1)
+            step_scheduler(sched, metric)
         if by_epoch:
             mean_loss = epoch_sum / max(epoch_n, 1)
             if epoch % every == 0 or step >= total:
