@@ -5,6 +5,7 @@ Heavy modules (torch, pandas, tensorboard) are imported inside the commands, so
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -122,53 +123,125 @@ def run(
     out: Path = OUT_OPT,
     set_: list[str] = SET_OPT,
     sweep: list[str] = SWEEP_OPT,
+    engine: str = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can; sequential: one by one; vectorized: insist."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads per run, the same under --jobs and Ray (the thread count can change the last bits of some results; --jobs cannot)."),
+    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster; see --address)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use, e.g. auto or ray://head:10001; default: a local Ray instance."),
+    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run asks for (0.25 lets four share one); default 1 for device cuda, or auto on a cluster with GPUs, else 0."),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
 ) -> None:
-    """Train every run of the config and write the summary."""
+    """Train every run of the config and write the summary; a rerun skips runs that finished.
+
+    Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
+    from optcmp.runner import Execution, experiment_dir, preflight
+
+    execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
+    _warn_oversubscribed(execution)
+    try:
+        with _sigterm_as_interrupt():
+            loaded, specs = _load(config, set_, sweep)
+            preflight(loaded, specs)
+            exp_dir = experiment_dir(out, loaded.config.name)
+            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
+    except KeyboardInterrupt:  # before the sweep began: nothing to summarize
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
+
+
+def _warn_oversubscribed(execution) -> None:
+    from optcmp.executors import available_cores
+
+    wanted, cores = execution.jobs * execution.threads, available_cores()
+    if execution.executor == "local" and wanted > cores:
+        err_console.print(f"warning: --jobs {execution.jobs} × --threads {execution.threads} = {wanted} threads "
+                          f"on {cores} cores: the runs will slow each other down", highlight=False)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """`kill` or a job scheduler's SIGTERM stops the sweep like Ctrl-C: runs marked, summary written."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from optcmp.runner import Events, experiment_dir, preflight, run_sweep
+    from optcmp.runner import Events, run_sweep
 
-    loaded, specs = _load(config, set_, sweep)
-    preflight(loaded, specs)
-    exp_dir = experiment_dir(out, loaded.config.name)
+    in_process = execution.executor == "local" and execution.jobs == 1
+    where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=err_console, transient=True,
     )
     with progress:
-        runs_task = progress.add_task("runs", total=len(specs), info="")
-        step_task = progress.add_task("", total=1, info="")
+        runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
+        step_task = progress.add_task("", total=1, info="", visible=in_process)
 
-        def run_start(spec, i, total):
-            progress.update(step_task, description=spec.run_id, completed=0, info="")
+        def plan(todo, kept):
+            progress.update(runs_task, completed=len(kept))
+            if kept:
+                progress.console.print(
+                    f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
+                    f"{len(todo)} to run (--fresh starts over)", highlight=False, soft_wrap=True)
 
-        def step(spec, s, total, loss):
+        def unit_start(unit):
+            more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
+            progress.update(step_task, description=unit[0].run_id + more, completed=0, info="")
+
+        def step(unit, s, total, loss):
             progress.update(step_task, completed=s, total=total, info=f"loss {loss:.4g}")
 
         def run_end(result):
             progress.advance(runs_task)
 
-        results = run_sweep(loaded, specs, exp_dir, Events(run_start, step, run_end))
-    _finish(exp_dir, results, len(specs))
+        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh)
 
 
-def _finish(exp_dir: Path, results: list[dict], planned: int) -> None:
-    from optcmp.summary import read_runs, aggregate
+def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
+    from optcmp.summary import aggregate, read_runs
 
-    primary = None
-    table = aggregate(read_runs(exp_dir), primary)
-    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
+    results = outcome.results
+    if results:
+        table = aggregate(read_runs(exp_dir), primary)
+        console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
-    seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in results)
+    new = [r for r in results if r["run_id"] not in outcome.kept]
+    seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
+    kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
     console.print(
-        f"{len(results)} of {planned} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-        + f"; {seconds:.1f} s of training"
+        f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
+        + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""), highlight=False,
     )
-    console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
-    console.print(f"TensorBoard: tensorboard --logdir {exp_dir}")
-    if counts["interrupted"]:
+    for r in results:
+        if r["status"] in ("failed", "diverged"):
+            console.print(f"  {r['status']}: {r['run_id']}: {r['error']}", highlight=False, soft_wrap=True, markup=False)
+    if results:
+        console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
+        console.print(f"TensorBoard: tensorboard --logdir {exp_dir}")
+    if outcome.interrupted:
+        left = planned - len(results) + counts["interrupted"]
+        console.print(f"Interrupted with {left} of {planned} runs left to do; "
+                      "run the same command again to do them (finished runs are kept)")
         raise typer.Exit(130)
     if counts["failed"]:
+        console.print(f"{counts['failed']} run(s) failed; running the same command again retries them")
         raise typer.Exit(1)
 
 

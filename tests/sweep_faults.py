@@ -1,0 +1,49 @@
+"""Faults on demand for the runner, executor and resume tests, loaded by import path
+(`tests.sweep_faults:Name`): an optimizer that raises, a model whose process dies."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class FailingAdam(torch.optim.Adam):
+    """Adam that raises at step `fail_at` (None: never), unless OPTCMP_TEST_HEALED is set,
+    so a rerun of the same config can succeed. `interrupt: true` raises KeyboardInterrupt
+    instead, as Ctrl-C does in the middle of a step."""
+
+    def __init__(self, params, lr: float = 1e-3, fail_at: int | None = None, interrupt: bool = False) -> None:
+        super().__init__(params, lr=lr)
+        self.fail_at = fail_at
+        self.interrupt = interrupt
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        if self.fail_at is not None and self.steps >= self.fail_at and not os.environ.get("OPTCMP_TEST_HEALED"):
+            if self.interrupt:
+                raise KeyboardInterrupt
+            raise RuntimeError(f"injected fault at step {self.steps}")
+        return super().step(closure)
+
+
+class _Dies(nn.Module):
+    def __init__(self, inner: nn.Module, marker: Path | None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.marker is None or not self.marker.exists():
+            if self.marker is not None:
+                self.marker.write_text("died once\n")
+            os._exit(13)  # the worker process dies, as when killed or out of memory
+        return self.inner(x)
+
+
+def dying_model(in_features: int, out_features: int, marker: str | None = None) -> nn.Module:
+    """Kills its process at the first forward pass (never at build time, so the driver's
+    preflight survives). With `marker`, only the first attempt dies: it leaves the file."""
+    return _Dies(nn.Linear(in_features, out_features), Path(marker) if marker else None)

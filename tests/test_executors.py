@@ -1,0 +1,147 @@
+"""Executors: `--jobs 2` and `--executor ray` give the very numbers of `--jobs 1`; a dying
+worker is reported (the process pool) or retried and then reported (Ray)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optcmp.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SWEEP = """\
+name: sweep
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm}
+data: {kind: random_classification, samples: 64, features: 4, batch_size: 16, val_fraction: 0.25}
+train: {steps: 40}
+optimizer: {name: adamw, lr: 0.01}
+sweep:
+  optimizer.weight_decay: [0.0, 0.1]
+log: {every: 5, histograms: {every: 20}}
+"""
+IDS = ["adamw-wd0-s0", "adamw-wd0-s1", "adamw-wd0.1-s0", "adamw-wd0.1-s1"]
+TIMING = ("seconds", "steps_per_second")  # measured, so they differ from one attempt to the next
+
+
+def run(config: Path, out: Path, *args: str):
+    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *map(str, args)])
+
+
+def numbers(exp: Path) -> dict[str, dict]:
+    """Everything a run computed: final metrics, every logged scalar, the final weights."""
+    out = {}
+    for run_id in IDS:
+        result = json.loads((exp / run_id / "result.json").read_text())
+        assert result["status"] == "ok"
+        weights = np.load(exp / run_id / "weights.npz")
+        out[run_id] = {
+            "metrics": {k: v for k, v in result["metrics"].items() if k not in TIMING},
+            "scalars": (exp / run_id / "metrics.csv").read_bytes(),
+            "weights": {name: weights[name] for name in weights.files},
+        }
+    return out
+
+
+def assert_same_numbers(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for run_id in a:
+        assert a[run_id]["metrics"] == b[run_id]["metrics"], run_id
+        assert a[run_id]["scalars"] == b[run_id]["scalars"], run_id
+        for name, array in a[run_id]["weights"].items():
+            np.testing.assert_array_equal(array, b[run_id]["weights"][name], err_msg=f"{run_id} {name}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The sweep trained in this process, one run after another (`--jobs 1`)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = tmp / "sweep.yaml"
+    config.write_text(SWEEP)
+    result = run(config, tmp)
+    assert result.exit_code == 0, result.output
+    return config, numbers(tmp / "sweep")
+
+
+def test_jobs_2_gives_the_numbers_of_jobs_1(reference, tmp_path):
+    config, expected = reference
+    result = run(config, tmp_path, "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    assert_same_numbers(numbers(tmp_path / "sweep"), expected)
+    assert pd.read_csv(tmp_path / "sweep" / "runs.csv")["run_id"].tolist() == IDS  # plan order, not finishing order
+
+
+def test_a_dead_worker_process_fails_its_runs_not_the_sweep(write_config, tmp_path):
+    config = write_config("""\
+name: dying
+device: cpu
+data: {kind: quadratic}
+train: {steps: 5}
+sweep:
+  model.kind: [mlp, "tests.sweep_faults:dying_model"]
+log: {histograms: {every: 0}}
+""")
+    result = run(config, tmp_path, "--jobs", 2)
+    assert result.exit_code == 1, result.output
+    died = json.loads((tmp_path / "dying" / "adam-dying_model-s0" / "result.json").read_text())
+    assert died["status"] == "failed"
+    assert died["error"].startswith("its worker process died (") and died["error"].endswith("); run again to retry")
+    assert "failed: adam-dying_model-s0: its worker process died" in result.output
+
+
+# --- Ray: one local instance for the module (starting one takes seconds) -----------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        # Ray's workers are fresh interpreters: let them import tests.sweep_faults too
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        yield ray
+        ray.shutdown()
+
+
+def test_ray_gives_the_numbers_of_jobs_1(local_ray, reference, tmp_path):
+    config, expected = reference
+    result = run(config, tmp_path, "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    assert_same_numbers(numbers(tmp_path / "sweep"), expected)
+    # the driver wrote every file from what the tasks sent back: the run folders are whole
+    for run_id in IDS:
+        names = {p.name for p in (tmp_path / "sweep" / run_id).iterdir()}
+        assert {"config.yaml", "metrics.csv", "weights.npz", "result.json"} <= names
+        assert any(n.startswith("events.out.tfevents.") for n in names)
+    assert local_ray.is_initialized()  # a Ray instance the caller started is left running
+
+
+def test_ray_retries_a_dead_worker_then_reports_the_failure(local_ray, write_config, tmp_path):
+    once = tmp_path / "died-once"
+    config = write_config(f"""\
+name: dying
+seeds: 1
+device: cpu
+model: {{kind: "tests.sweep_faults:dying_model"}}
+data: {{kind: quadratic}}
+train: {{steps: 5}}
+sweep:
+  model.kwargs: [{{marker: "{once}"}}, {{}}]
+log: {{histograms: {{every: 0}}}}
+""")
+    result = run(config, tmp_path, "--executor", "ray")
+    assert result.exit_code == 1, result.output
+    results = {tuple(r["params"]["model.kwargs"]): r for r in
+               (json.loads(p.read_text()) for p in (tmp_path / "dying").glob("*/result.json"))}
+    assert once.read_text() == "died once\n"
+    assert results[("marker",)]["status"] == "ok"  # its first attempt died; Ray's retry finished it
+    failed = results[()]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("Ray task failed after 2 retries: WorkerCrashedError: ")

@@ -1,0 +1,120 @@
+"""A sweep killed at any moment and run again redoes only what had not finished; Ctrl-C and
+SIGTERM leave a valid summary and exit 130. Real signals, to a real `python -m optcmp run`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from typer.testing import CliRunner
+
+from optcmp.cli import app
+from optcmp.results import STATUSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Eight runs of a few tenths of a second each: long enough to be caught in the middle.
+LONG = """\
+name: long
+seeds: 4
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm}
+data: {kind: quadratic}
+train: {steps: 1000}
+optimizer: {name: adam, lr: 0.01}
+sweep:
+  optimizer.weight_decay: [0.0, 0.1]
+log: {every: 50, histograms: {every: 500}}
+"""
+RUNS = 8
+
+
+def start(config: Path, out: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "optcmp", "run", str(config), "--out", str(out), "--engine", "sequential", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+def rerun(config: Path, out: Path, *args: str):
+    """The next attempt, in this process (one interpreter start less)."""
+    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *args])
+
+
+def finished(exp: Path) -> dict[str, bytes]:
+    """result.json of each run that has one, as bytes (a redone run differs in its seconds)."""
+    return {p.parent.name: p.read_bytes() for p in exp.glob("*/result.json")}
+
+
+def wait_for_results(proc: subprocess.Popen, exp: Path, n: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(finished(exp)) < n:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"no {n} results within {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigkill_then_rerun_redoes_only_unfinished_runs(write_config, tmp_path, jobs):
+    config, exp = write_config(LONG), tmp_path / "long"
+    proc = start(config, tmp_path, "--jobs", str(jobs))
+    wait_for_results(proc, exp, 2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    # a killed driver's workers stop too, so nothing writes into the folder any more
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    before = finished(exp)
+    assert 2 <= len(before) < RUNS
+    assert all(json.loads(b)["status"] == "ok" for b in before.values())
+    half_done = [d.name for d in exp.iterdir() if d.is_dir() and not (d / "result.json").exists()]
+
+    again = rerun(config, tmp_path, "--jobs", str(jobs))
+    assert again.exit_code == 0, again.output
+    assert f"{len(before)} of {RUNS} runs finished earlier and are kept; {RUNS - len(before)} to run" in again.output
+    after = finished(exp)
+    assert len(after) == RUNS
+    assert all(after[run_id] == data for run_id, data in before.items())  # not one finished run redone
+    runs = pd.read_csv(exp / "runs.csv")
+    assert sorted(runs["run_id"]) == sorted(after) and runs["status"].eq("ok").all()
+    for run_id in half_done:  # a run cut off half-way starts clean: one event file, each step once
+        assert len(list((exp / run_id).glob("events.out.tfevents.*"))) == 1
+        steps = pd.read_csv(exp / run_id / "metrics.csv")["step"]
+        assert steps.is_unique and steps.iloc[-1] == 999
+
+
+@pytest.mark.parametrize("jobs,sig", [(1, signal.SIGINT), (2, signal.SIGTERM)])
+def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_path, jobs, sig):
+    config, exp = write_config(LONG), tmp_path / "long"
+    proc = start(config, tmp_path, "--jobs", str(jobs))
+    wait_for_results(proc, exp, 2)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+
+    results = {run_id: json.loads(b) for run_id, b in finished(exp).items()}
+    statuses = [r["status"] for r in results.values()]
+    assert set(statuses) <= {"ok", "interrupted"} and "interrupted" in statuses
+    # every run folder has its result: the runs in flight were marked, none was left half-written
+    assert sorted(d.name for d in exp.iterdir() if d.is_dir()) == sorted(results)
+    runs = pd.read_csv(exp / "runs.csv")
+    assert dict(zip(runs["run_id"], runs["status"])) == {k: r["status"] for k, r in results.items()}
+    assert set(runs["status"]) <= set(STATUSES)
+    summary = pd.read_csv(exp / "summary.csv")
+    n_ok = statuses.count("ok")
+    assert summary["n"].sum() == n_ok and summary["runs"].sum() == len(results)
+    assert f"{len(results)} of {RUNS} runs: {n_ok} ok, {statuses.count('interrupted')} interrupted" in output
+
+    again = rerun(config, tmp_path, "--jobs", str(jobs))
+    assert again.exit_code == 0, again.output
+    assert f"{n_ok} of {RUNS} runs finished earlier and are kept" in again.output
+    assert pd.read_csv(exp / "runs.csv")["status"].eq("ok").sum() == RUNS
