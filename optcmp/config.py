@@ -130,13 +130,21 @@ class OptimizerConfig(BaseModel):
 class SchedulerConfig(BaseModel):
     # Any other key is a keyword argument of the scheduler, checked against its signature.
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str | None = None  # any torch.optim.lr_scheduler class, "package.module:Class", or None (constant after warmup)
+    # any torch.optim.lr_scheduler class (case-insensitive), "package.module:Class", or
+    # `constant` (the same as null): the learning rate stays put after the warmup
+    name: str | None = None
     interval: Literal["step", "epoch"] = "step"  # scheduler.step() after every optimizer step, or every epoch
     # Linear warmup from lr·warmup_start_factor to lr before the schedule starts, counted in
     # optimizer steps (interval: step) or in epochs (interval: epoch).
     warmup_steps: int = Field(0, ge=0)
     warmup_epochs: int = Field(0, ge=0)
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _constant_is_none(cls, v: str | None) -> str | None:
+        # a readable sweep value and run id for "no schedule" (torch's ConstantLR is another thing)
+        return None if v is not None and v.lower() == "constant" else v
 
     @model_validator(mode="after")
     def _warmup_unit(self) -> "SchedulerConfig":

@@ -276,10 +276,12 @@ def build_data(cfg: DataConfig, seed: int, base_dir: Path | None = None) -> Data
         x_tr, y_tr, x_va, y_va = _split(x, y, cfg.val_fraction, gen)
     if cfg.standardize:
         x_tr, x_va = standardize(x_tr, x_va)
-    if task == "classification":
-        n_out = cfg.classes if cfg.kind == "random_classification" else int(max(t.max().item() for t in (y_tr, y_va) if t is not None and len(t))) + 1
-    else:
+    if task == "regression":
         n_out = 1 if y_tr.dim() == 1 else y_tr.shape[1]
+    elif cfg.kind == "random_classification":
+        n_out = cfg.classes
+    else:  # labels are 0…k−1 over both splits together
+        n_out = int(max(t.max() for t in (y_tr, y_va) if t is not None and len(t))) + 1
     return Dataset(x_tr, y_tr, x_va, y_va, task, n_out)
 
 

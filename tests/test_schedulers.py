@@ -41,6 +41,8 @@ def test_warmup_then_cosine_fills_t_max_with_the_rest_of_the_run():
 
 def test_warmup_alone_then_constant():
     assert lr_sequence(7, warmup_steps=4, warmup_start_factor=0.2) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1, 1, 1])
+    assert lr_sequence(7, name="constant", warmup_steps=4, warmup_start_factor=0.2) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1, 1, 1])
+    assert SchedulerConfig(name="Constant").name is None
 
 
 def test_one_cycle_gets_total_steps_and_lasts_the_run():
