@@ -88,12 +88,16 @@ def test_a_failing_run_is_marked_and_the_sweep_goes_on(write_config, tmp_path, m
 
 
 def test_a_diverged_run_is_final_and_not_redone(write_config, tmp_path):
-    config, exp = write_config(SWEEP.replace("train: {steps: 20}", "train: {steps: 20, diverge_threshold: 1.0}")), tmp_path / "sweep"
+    config = write_config(SWEEP.replace("optimizer.weight_decay: [0.0, 0.1]", "optimizer.lr: [0.01, 1.0e30]"))
+    exp = tmp_path / "sweep"
     first = run(config, tmp_path)
-    assert first.exit_code == 0, first.output
-    result = json.loads((exp / "adam-wd0-s0" / "result.json").read_text())
-    assert result["status"] == "diverged" and result["diverged_step"] == 0
-    assert result["error"].startswith("loss became ") and result["error"].endswith(" at step 0")
+    assert first.exit_code == 0, first.output  # diverging is an outcome, not an error
+    result = json.loads((exp / "adam-lr1e+30-s0" / "result.json").read_text())
+    assert result["status"] == "diverged" and result["diverged_step"] == 1
+    assert result["error"] == "loss became nan at step 1"
+    assert status_of(exp) == {"adam-lr0.01-s0": "ok", "adam-lr0.01-s1": "ok",
+                              "adam-lr1e+30-s0": "diverged", "adam-lr1e+30-s1": "diverged"}
+    assert "  diverged: adam-lr1e+30-s0: loss became nan at step 1" in first.output
     before = result_files(exp)
     second = run(config, tmp_path)
     assert second.exit_code == 0 and "4 of 4 runs finished earlier and are kept; 0 to run" in second.output
