@@ -93,10 +93,14 @@ def layer_of(param_name: str) -> str:
 def weight_scalars(named: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
     """Global and per-layer L2 weight norms, computed in one batched call."""
     norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
-    sq = (norms.double() ** 2).tolist()
-    out = {"weight_norm": math.sqrt(sum(sq))}
+    return norm_scalars([name for name, _ in named], (norms.double() ** 2).tolist())
+
+
+def norm_scalars(names: list[str], squares: list[float]) -> dict[str, float]:
+    """`weight_norm` and `weight_norm/<layer>` from each parameter tensor's squared L2 norm."""
+    out = {"weight_norm": math.sqrt(sum(squares))}
     per_layer: dict[str, float] = {}
-    for (name, _), s in zip(named, sq):
+    for name, s in zip(names, squares):
         per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + s
     out.update({f"weight_norm/{k}": math.sqrt(v) for k, v in per_layer.items()})
     return out
@@ -110,13 +114,15 @@ def final_weight_stats(named: list[tuple[str, torch.Tensor]], near_zero: float) 
     }
 
 
-def _histogram_tensors(named, config: ExperimentConfig) -> dict[str, torch.Tensor]:
+def histogram_tensors(named, config: ExperimentConfig, grads: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors to histogram by tag; `grads` (in `named` order) default to each `p.grad`."""
     h = config.log.histograms
     out = {}
     if h.weights:
         out.update({f"weights/{n}": p.detach() for n, p in named})
     if h.grads:
-        out.update({f"grads/{n}": p.grad for n, p in named if p.grad is not None})
+        grads = [p.grad for _, p in named] if grads is None else grads
+        out.update({f"grads/{n}": g for (n, _), g in zip(named, grads) if g is not None})
     return out
 
 
@@ -125,6 +131,10 @@ class Diverged(Exception):
         super().__init__(f"loss {loss} at step {step}")
         self.step = step
         self.loss = loss
+
+    def record(self) -> dict[str, Any]:
+        """The result.json fields of a run this divergence stopped."""
+        return {"status": "diverged", "diverged_step": self.step, "error": f"loss became {self.loss} at step {self.step}"}
 
 
 def _check(loss: float, step: int, threshold: float | None) -> None:
@@ -225,7 +235,7 @@ def train(
                 grads = [p.grad for p in params if p.grad is not None]
                 grads_norm = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
             if hist_step:
-                logger.histograms(step, _histogram_tensors(named, config))
+                logger.histograms(step, histogram_tensors(named, config))
             if not closure_opt:
                 opt.step()
             if sched is not None and config.scheduler.interval == "step":
@@ -255,7 +265,7 @@ def train(
                 if progress is not None:
                     progress(step, total, mean_loss)
             if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1):
-                logger.histograms(epoch, _histogram_tensors(named, config))
+                logger.histograms(epoch, histogram_tensors(named, config))
     seconds = time.perf_counter() - start
 
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train, data.task, loss_fn)
@@ -329,12 +339,11 @@ def execute(spec: RunSpec, exp_dir: Path, base_dir: Path | None = None, progress
         device = resolve_device(spec.config.device)
         result["device"] = str(device)
         data = build_data(spec.config.data, spec.seed, base_dir).to(device)
-        logger = RunLogger(run_dir, histogram_bins=spec.config.log.histograms.bins)
-        logger.text("config", f"```yaml\n{yaml_text}```")
+        logger = open_logger(run_dir, spec, yaml_text)
         result["metrics"] = train(spec, run_dir, logger, data, device, progress, record=result)
         result["status"] = "ok"
     except Diverged as d:
-        result.update(status="diverged", diverged_step=d.step, error=f"loss became {d.loss} at step {d.step}")
+        result.update(d.record())
     except KeyboardInterrupt:
         result.update(status="interrupted", error="interrupted by the user")
     except OptcmpError:
@@ -343,12 +352,25 @@ def execute(spec: RunSpec, exp_dir: Path, base_dir: Path | None = None, progress
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
         (run_dir / "error.txt").write_text(traceback.format_exc())
     finally:
-        if logger is not None:
-            if result["status"] is not None:
-                metrics = {f"final/{k}": v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
-                logger.hparams(hparams_of(spec, result["decay"]), metrics)
-            logger.close()
-    result["metrics"].setdefault("seconds", time.perf_counter() - start)
+        finish_run(run_dir, spec, logger, result, time.perf_counter() - start)
+    return result
+
+
+def open_logger(run_dir: Path, spec: RunSpec, yaml_text: str) -> RunLogger:
+    """The run's logger, with its resolved config as TensorBoard text."""
+    logger = RunLogger(run_dir, histogram_bins=spec.config.log.histograms.bins)
+    logger.text("config", f"```yaml\n{yaml_text}```")
+    return logger
+
+
+def finish_run(run_dir: Path, spec: RunSpec, logger: RunLogger | None, result: dict[str, Any], seconds: float) -> None:
+    """Register the run's HParams entry, close its logger, then write result.json (last,
+    atomically). A run without a status (a config error stopped it) gets no result."""
+    if logger is not None:
+        if result["status"] is not None:
+            metrics = {f"final/{k}": v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            logger.hparams(hparams_of(spec, result["decay"]), metrics)
+        logger.close()
+    result["metrics"].setdefault("seconds", seconds)
     if result["status"] is not None:
         write_result(run_dir, result)
-    return result

@@ -1,0 +1,178 @@
+"""Forward and backward passes of many copies of one small network, as batched ops.
+
+M runs of one architecture (an `nn.Sequential` of Linear, LayerNorm and activation
+layers, or a bare Linear) become one stacked model: a Linear is a `baddbmm` over weights
+`[M, out, in]`, a LayerNorm normalizes without its affine part and then scales per member.
+The backward pass is written out with the same ATen kernels autograd would call
+(`native_layer_norm_backward`, `threshold_backward`, …), which skips the autograd graph:
+for models this small, a step costs what its kernel launches cost, so fewer is faster.
+
+Each member's loss is its own mean over its own batch, and its gradients are those of its
+loss alone: members never mix.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+aten = torch.ops.aten
+
+# Activation module → (forward(x, module), backward(grad, x, y, module)): the backward
+# kernels are the ones autograd uses, so gradients are computed the same way.
+ACTIVATIONS: dict[type, tuple[Callable, Callable]] = {
+    nn.ReLU: (lambda x, m: torch.relu(x), lambda g, x, y, m: aten.threshold_backward(g, y, 0)),
+    nn.Tanh: (lambda x, m: torch.tanh(x), lambda g, x, y, m: aten.tanh_backward(g, y)),
+    nn.Sigmoid: (lambda x, m: torch.sigmoid(x), lambda g, x, y, m: aten.sigmoid_backward(g, y)),
+    nn.GELU: (lambda x, m: F.gelu(x, approximate=m.approximate),
+              lambda g, x, y, m: aten.gelu_backward(g, x, approximate=m.approximate)),
+    nn.SiLU: (lambda x, m: F.silu(x), lambda g, x, y, m: aten.silu_backward(g, x)),
+    nn.ELU: (lambda x, m: F.elu(x, m.alpha), lambda g, x, y, m: aten.elu_backward(g, m.alpha, 1, 1, False, x)),
+    nn.LeakyReLU: (lambda x, m: F.leaky_relu(x, m.negative_slope),
+                   lambda g, x, y, m: aten.leaky_relu_backward(g, x, m.negative_slope, False)),
+    nn.Softplus: (lambda x, m: F.softplus(x, m.beta, m.threshold),
+                  lambda g, x, y, m: aten.softplus_backward(g, x, m.beta, m.threshold)),
+}
+
+
+def layers_of(model: nn.Module) -> list[nn.Module]:
+    return list(model) if isinstance(model, nn.Sequential) else [model]
+
+
+def unsupported_layer(model: nn.Module) -> str | None:
+    """Why this model cannot be stacked, or None."""
+    for i, layer in enumerate(layers_of(model)):
+        if isinstance(layer, nn.Linear):
+            continue
+        if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1:
+            continue
+        if type(layer) in ACTIVATIONS and not getattr(layer, "inplace", False):
+            continue
+        return f"layer {i} ({type(layer).__name__}) has no stacked implementation (stacked: Linear, LayerNorm, activations)"
+    if any(p.dim() == 0 for p in model.parameters()):
+        return "scalar parameters are not stacked"
+    return None
+
+
+@dataclass
+class _Layer:
+    module: nn.Module
+    prefix: str  # parameter name prefix: "3." in a Sequential, "" for a bare Linear
+
+
+class StackedModel:
+    """M copies of `template`'s architecture; `params[name]` is the `[M, *shape]` tensor of
+    parameter `name` (a view into the flat buffer the optimizer updates)."""
+
+    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        self.params = params
+        self.members = next(iter(params.values())).shape[0]
+        if isinstance(template, nn.Sequential):
+            self.layers = [_Layer(m, f"{i}.") for i, m in enumerate(template)]
+        else:
+            self.layers = [_Layer(template, "")]
+
+    def _p(self, layer: _Layer, name: str) -> torch.Tensor | None:
+        return self.params.get(layer.prefix + name)
+
+    def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, list]:
+        """Outputs `[M, B, out]` for inputs `[M, B, in]` (or `[B, in]` shared by all members),
+        and what `backward` needs when `keep`."""
+        if x.dim() == 2:
+            x = x.expand(self.members, *x.shape)
+        saved = []
+        for layer in self.layers:
+            m = layer.module
+            if isinstance(m, nn.Linear):
+                w, b = self._p(layer, "weight"), self._p(layer, "bias")
+                y = torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+                if keep:
+                    saved.append((x,))
+            elif isinstance(m, nn.LayerNorm):
+                normed, mean, rstd = torch.native_layer_norm(x, list(m.normalized_shape), None, None, m.eps)
+                w, b = self._p(layer, "weight"), self._p(layer, "bias")
+                y = normed
+                if w is not None:
+                    y = torch.addcmul(b.unsqueeze(1), normed, w.unsqueeze(1)) if b is not None else normed * w.unsqueeze(1)
+                elif b is not None:
+                    y = normed + b.unsqueeze(1)
+                if keep:
+                    saved.append((x, normed, mean, rstd))
+            else:
+                y = ACTIVATIONS[type(m)][0](x, m)
+                if keep:
+                    saved.append((x, y))
+            x = y
+        return x, saved
+
+    def backward(self, saved: list, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradients `[M, *shape]` of every parameter, given the gradient of the summed
+        member losses with respect to the outputs `[M, B, out]`."""
+        grads: dict[str, torch.Tensor] = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, s = self.layers[i], saved[i]
+            m = layer.module
+            name = layer.prefix
+            if isinstance(m, nn.Linear):
+                (x,) = s
+                w = self._p(layer, "weight")
+                grads[name + "weight"] = torch.bmm(grad.transpose(1, 2), x)
+                if self._p(layer, "bias") is not None:
+                    grads[name + "bias"] = grad.sum(1)
+                if i > 0:
+                    grad = torch.bmm(grad, w)
+            elif isinstance(m, nn.LayerNorm):
+                x, normed, mean, rstd = s
+                w, b = self._p(layer, "weight"), self._p(layer, "bias")
+                if w is not None:
+                    grads[name + "weight"] = (grad * normed).sum(1)
+                if b is not None:
+                    grads[name + "bias"] = grad.sum(1)
+                if i > 0:
+                    g_normed = grad * w.unsqueeze(1) if w is not None else grad
+                    grad = aten.native_layer_norm_backward(
+                        g_normed, x, list(m.normalized_shape), mean, rstd, None, None, [True, False, False])[0]
+            elif i > 0:
+                x, y = s
+                grad = ACTIVATIONS[type(m)][1](grad, x, y, m)
+        return grads
+
+
+def member_losses(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor, task: str,
+                  grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each member's mean loss `[M]` for outputs `[M, B, out]` and targets `[M, B, …]`, and
+    with `grad` the gradient of their sum with respect to the outputs.
+
+    MSE and cross-entropy are written out with the kernels their autograd backward uses;
+    any other loss goes through autograd on the outputs alone.
+    """
+    members = out.shape[0]
+    pred = out.squeeze(-1) if task == "regression" else out  # trainer.predict, per member
+    if loss_fn is F.mse_loss:
+        diff = pred - y
+        losses = diff.square().reshape(members, -1).mean(1)
+        # mse_loss_backward: (input - target) · 2/n
+        return losses, (diff * (2.0 / diff[0].numel())).view_as(out) if grad else None
+    if loss_fn is F.cross_entropy and pred.dim() == 3:
+        logp = torch.log_softmax(pred, -1)
+        target = y.unsqueeze(-1)
+        losses = -logp.gather(-1, target).squeeze(-1).mean(1)
+        if not grad:
+            return losses, None
+        # nll_loss_backward puts −1/n at each target; then log_softmax's own backward
+        g = torch.zeros_like(logp).scatter_(-1, target, -1.0 / target.shape[1])
+        return losses, torch._log_softmax_backward_data(g, logp, -1, logp.dtype)
+    with torch.enable_grad():
+        o = pred.detach().requires_grad_(grad)
+        if pred.dim() == 3 and y.dim() == 2:  # class scores: the class dimension goes second
+            per_sample = loss_fn(o.reshape(-1, o.shape[-1]), y.reshape(-1), reduction="none")
+        else:
+            per_sample = loss_fn(o, y, reduction="none")
+        losses = per_sample.reshape(members, -1).mean(1)
+        if not grad:
+            return losses.detach(), None
+        losses.sum().backward()
+    return losses.detach(), o.grad.view_as(out)

@@ -1,0 +1,201 @@
+"""Optimizer updates for many runs at once: SGD, Adam and AdamW over stacked parameters.
+
+All members' parameters live in one `[M, P]` tensor (member × flattened parameters), laid
+out optimizer parameter group after group, so a group is a column range and each
+hyperparameter is an `[M, 1]` column: one update is a dozen batched ops, whatever M.
+
+The maths follow `torch.optim`'s single-tensor implementations operation for operation
+(torch 2.x `_single_tensor_adam` and `_single_tensor_sgd`), with every per-run constant
+rounded to float32 as PyTorch rounds a Python scalar: the results equal `torch.optim`'s up
+to the rounding of the forward and backward pass. Coupled (L2, Adam) and decoupled
+(AdamW) decay are both per-member coefficients, so Adam and AdamW runs share one update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+# The optimizers this module can batch, by lower-case torch.optim name.
+FAMILIES = {"adam": "adam", "adamw": "adam", "sgd": "sgd"}
+# Per-run options each family batches (any value), and options that must keep their default.
+PER_MEMBER = {
+    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"),
+    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+}
+DEFAULT_ONLY = {"foreach": (None, False), "maximize": (False,), "capturable": (False,), "differentiable": (False,),
+                "fused": (None, False)}
+# Options whose value must be equal across a group: they change which ops run.
+STRUCTURAL = {"adam": ("amsgrad",), "sgd": ()}
+TABLE_STEPS = 512  # bias corrections are precomputed on the host for this many steps at a time
+
+
+def family_of(name: str) -> str | None:
+    return FAMILIES.get(name.lower())
+
+
+def unsupported_option(name: str, options: dict[str, Any]) -> str | None:
+    """Why an optimizer with these resolved options cannot be batched, or None."""
+    family = family_of(name)
+    if family is None:
+        return f"optimizer `{name}` has no batched update (supported: {', '.join(sorted(FAMILIES))})"
+    for key, value in options.items():
+        if key in PER_MEMBER[family]:
+            continue
+        if key in DEFAULT_ONLY:
+            if value not in DEFAULT_ONLY[key]:
+                return f"optimizer option {key}={value!r} is not batched"
+            continue
+        return f"optimizer option `{key}` is not batched"
+    return None
+
+
+@dataclass
+class Segment:
+    """One optimizer parameter group: columns `start:stop` of the flat buffer, and each
+    member's resolved options for it (the optimizer's keyword arguments with the group's)."""
+
+    start: int
+    stop: int
+    options: list[dict[str, Any]]
+    decoupled: list[bool]  # per member: decay applied to the weights (AdamW) or to the gradient
+
+
+def _column(values, like: torch.Tensor) -> torch.Tensor:
+    """Per-member constants as a [M, 1] column of `like`'s dtype, each rounded from float64
+    as PyTorch rounds a Python float that meets a tensor of that dtype."""
+    return torch.as_tensor(np.asarray(values, dtype=np.float64), device=like.device).to(like.dtype).reshape(-1, 1)
+
+
+class BatchedOptimizer:
+    """The update of M runs' parameters `params` ([M, P], updated in place) from their
+    gradients ([M, P]), per segment with per-member options."""
+
+    def __init__(self, family: str, params: torch.Tensor, segments: list[Segment]) -> None:
+        self.family = family
+        self.params = params
+        self.segments = segments
+        self.step_count = 0
+        self._cols: list[dict[str, torch.Tensor]] = []
+        self._any: list[dict[str, bool]] = []
+        for seg in segments:
+            opts = seg.options
+            lr = np.array([o["lr"] for o in opts], dtype=np.float64)
+            wd = np.array([o.get("weight_decay", 0.0) for o in opts], dtype=np.float64)
+            dec = np.array(seg.decoupled, dtype=bool)
+            coupled = np.where(dec, 0.0, wd)
+            cols = {"lr": lr, "coupled_wd": _column(coupled, params)}
+            flags = {"coupled": bool((coupled != 0).any())}
+            if family == "adam":
+                b1 = np.array([o["betas"][0] for o in opts], dtype=np.float64)
+                b2 = np.array([o["betas"][1] for o in opts], dtype=np.float64)
+                decoupled = np.where(dec, wd, 0.0)
+                cols.update(
+                    b1=b1, b2=b2,
+                    decay_factor=_column(1 - lr * decoupled, params),
+                    one_minus_b1=_column(1 - b1, params),
+                    b2_col=_column(b2, params),
+                    one_minus_b2=_column(1 - b2, params),
+                    eps=_column([o["eps"] for o in opts], params),
+                )
+                flags["decoupled"] = bool((decoupled != 0).any())
+                flags["amsgrad"] = bool(opts[0].get("amsgrad", False))
+            else:
+                mom = np.array([o.get("momentum", 0.0) for o in opts], dtype=np.float64)
+                damp = np.where(mom != 0, [o.get("dampening", 0.0) for o in opts], 0.0)
+                nesterov = np.array([bool(o.get("nesterov", False)) for o in opts])
+                cols.update(
+                    neg_lr=_column(-lr, params),
+                    momentum=_column(mom, params),
+                    one_minus_damp=_column(1 - damp, params),
+                    nesterov=torch.as_tensor(nesterov, device=params.device).reshape(-1, 1),
+                )
+                flags.update(momentum=bool((mom != 0).any()), nesterov_all=bool(nesterov.all()),
+                             nesterov_any=bool(nesterov.any()))
+            self._cols.append(cols)
+            self._any.append(flags)
+        zeros = lambda: torch.zeros_like(params)  # noqa: E731
+        if family == "adam":
+            self.exp_avg, self.exp_avg_sq = zeros(), zeros()
+            self.max_exp_avg_sq = zeros() if any(f["amsgrad"] for f in self._any) else None
+        else:
+            self.momentum_buffer = zeros() if any(f["momentum"] for f in self._any) else None
+        self._table_start = 0
+        self._tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def lrs(self) -> list[list[float]]:
+        """Each member's learning rate of each parameter group, as logged (`lr/group<i>`)."""
+        return [[float(c["lr"][m]) for c in self._cols] for m in range(self.params.shape[0])]
+
+    @torch.no_grad()
+    def step(self, grads: torch.Tensor) -> None:
+        """One update of every member from `grads` ([M, P]; left unchanged)."""
+        self.step_count += 1
+        for i, seg in enumerate(self.segments):
+            cols = slice(seg.start, seg.stop)
+            if self.family == "adam":
+                self._adam(i, cols, grads[:, cols])
+            else:
+                self._sgd(i, cols, grads[:, cols])
+
+    def _adam_row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−lr / (1 − β1^t), √(1 − β2^t)) of step t for segment i, as [M, 1] columns.
+
+        Computed in float64 on the host like torch's Python-float arithmetic, a block of
+        steps at a time, so a step costs no host→device copy."""
+        t = self.step_count
+        if not self._tables or t >= self._table_start + TABLE_STEPS:
+            self._table_start = t
+            steps = np.arange(t, t + TABLE_STEPS, dtype=np.float64)[:, None]
+            self._tables = []
+            for c in self._cols:
+                step_size = c["lr"] / (1 - c["b1"] ** steps)
+                bc2_sqrt = (1 - c["b2"] ** steps) ** 0.5
+                self._tables.append((_column(-step_size, self.params).view(TABLE_STEPS, -1, 1),
+                                     _column(bc2_sqrt, self.params).view(TABLE_STEPS, -1, 1)))
+        neg_step, bc2_sqrt = self._tables[i]
+        k = t - self._table_start
+        return neg_step[k], bc2_sqrt[k]
+
+    def _adam(self, i: int, cols: slice, grad: torch.Tensor) -> None:
+        c, flags = self._cols[i], self._any[i]
+        param, exp_avg, exp_avg_sq = self.params[:, cols], self.exp_avg[:, cols], self.exp_avg_sq[:, cols]
+        neg_step, bc2_sqrt = self._adam_row(i)
+        if flags["decoupled"]:
+            param.mul_(c["decay_factor"])  # param.mul_(1 - lr * weight_decay)
+        if flags["coupled"]:
+            grad = torch.addcmul(grad, param, c["coupled_wd"])  # grad.add(param, alpha=weight_decay)
+        exp_avg.lerp_(grad, c["one_minus_b1"])
+        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): the kernel computes
+        # (value·grad)·grad, and so does this
+        exp_avg_sq.mul_(c["b2_col"]).addcmul_(grad * c["one_minus_b2"], grad)
+        second = exp_avg_sq
+        if flags["amsgrad"]:
+            second = self.max_exp_avg_sq[:, cols]
+            torch.maximum(second, exp_avg_sq, out=second)
+        denom = (second.sqrt() / bc2_sqrt).add_(c["eps"])
+        # param.addcdiv_(exp_avg, denom, value=-step_size): (value·exp_avg)/denom
+        param.addcdiv_(exp_avg * neg_step, denom)
+
+    def _sgd(self, i: int, cols: slice, grad: torch.Tensor) -> None:
+        c, flags = self._cols[i], self._any[i]
+        param = self.params[:, cols]
+        if flags["coupled"]:
+            grad = torch.addcmul(grad, param, c["coupled_wd"])
+        if flags["momentum"]:
+            # A member without momentum gets buf = 0·buf + 1·grad = grad, which is what
+            # torch.optim does for it without a buffer.
+            buf = self.momentum_buffer[:, cols]
+            if self.step_count == 1:
+                buf.copy_(grad)
+            else:
+                buf.mul_(c["momentum"]).addcmul_(grad, c["one_minus_damp"])
+            if flags["nesterov_all"]:
+                grad = torch.addcmul(grad, buf, c["momentum"])
+            elif flags["nesterov_any"]:
+                grad = torch.where(c["nesterov"], torch.addcmul(grad, buf, c["momentum"]), buf)
+            else:
+                grad = buf
+        param.addcmul_(grad, c["neg_lr"])  # param.add_(grad, alpha=-lr)

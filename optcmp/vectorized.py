@@ -1,0 +1,521 @@
+"""The vectorized engine: runs that share an architecture and data config, and differ only
+in seed and optimizer hyperparameters, train together as one stacked model.
+
+A sweep of small runs spends its time on per-step Python and dispatch overhead, not on
+arithmetic; one forward and backward pass for all members (`batched_model.py`) and one
+update with per-member hyperparameters (`batched_optim.py`) cost about what one run's
+step costs. Nothing else changes: each member is built with its own seed as the seeding
+contract says (`torch.manual_seed(seed)` right before `build_model`), has its own data and
+its own shuffle order, and gets its own run folder — the same scalars at the same steps,
+histograms, hparams, weights.npz and result.json as the sequential trainer writes, with
+`engine: vectorized`. A member that diverges is recorded and left out from then on; the
+others go on.
+
+`group_specs(specs)` says which runs train together; `execute_group(specs, exp_dir)` trains
+one group (in memory-sized chunks) and writes its members' folders.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optcmp.batched_model import StackedModel, member_losses, unsupported_layer
+from optcmp.batched_optim import STRUCTURAL, BatchedOptimizer, Segment, family_of, unsupported_option
+from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
+from optcmp.errors import ConfigError, OptcmpError
+from optcmp.models import build_model
+from optcmp.optimizers import group_names, resolved_kwargs
+from optcmp.sweep import RunSpec
+from optcmp.tblog import log_histograms
+from optcmp.trainer import (
+    Diverged, Progress, _check, base_result, final_weight_stats, finish_run, histogram_tensors, loss_function,
+    norm_scalars, open_logger, prepare_run_dir, resolve_device, save_weights,
+)
+
+MAX_MEMBERS = 512  # members per chunk at most: beyond this a step is arithmetic-bound anyway
+MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one chunk may use
+CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
+# Keys of the optimizer section that may differ between the members of a group.
+PER_MEMBER_KEYS = ("name", "lr", "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov",
+                   "decoupled_weight_decay")
+
+
+# --- which runs train together ---------------------------------------------------------
+
+
+def why_not(spec: RunSpec) -> str | None:
+    """Why this run cannot join a vectorized group (it then trains sequentially), or None."""
+    cfg = spec.config
+    if cfg.model.kind not in ("mlp", "linear"):
+        return f"model `{cfg.model.kind}` is imported; only mlp and linear models are stacked"
+    if cfg.model.kind == "mlp" and cfg.model.norm == "batchnorm":
+        return "batchnorm layers are not stacked"
+    if cfg.scheduler is not None:
+        return "learning-rate schedulers are not vectorized"
+    try:
+        options = resolved_kwargs(cfg.optimizer)
+    except ConfigError as e:
+        return f"optimizer: {e.message}"
+    reason = unsupported_option(cfg.optimizer.name, options)
+    for i, group in enumerate(cfg.optimizer.groups):
+        reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"})
+    return reason
+
+
+def group_key(spec: RunSpec) -> str:
+    """Runs with equal keys can train together: everything but the seed and the per-member
+    optimizer hyperparameters is equal."""
+    config = spec.config.model_dump(mode="json")
+    config.pop("seeds")
+    optimizer = config.pop("optimizer")
+    family = family_of(optimizer["name"])
+    options = resolved_kwargs(spec.config.optimizer)
+    structural = {k: options.get(k) for k in STRUCTURAL[family]}
+    groups = [{k: v for k, v in g.items() if k not in PER_MEMBER_KEYS} for g in optimizer.get("groups", [])]
+    return json.dumps([config, family, structural, optimizer.get("no_decay"), groups], sort_keys=True, default=str)
+
+
+def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS) -> list[list[RunSpec]]:
+    """Partition runs into work units in plan order: each vectorizable group (cut into
+    pieces of at most `max_members`), and every other run on its own. A unit of one run
+    trains sequentially."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        key = spec.run_id if why_not(spec) else group_key(spec)
+        groups.setdefault(key, []).append(spec)
+    units = [piece for members in groups.values() for piece in _pieces(members, max_members)]
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    return sorted(units, key=lambda unit: order[unit[0].run_id])
+
+
+def _pieces(members: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """`members` cut into the fewest near-equal consecutive pieces of at most `size`."""
+    n = math.ceil(len(members) / max(size, 1))
+    return [members[i * len(members) // n:(i + 1) * len(members) // n] for i in range(n)]
+
+
+def describe_units(units: list[list[RunSpec]]) -> list[str]:
+    """One line per unit for `optcmp plan`: which runs train together, or why one trains alone."""
+    lines = []
+    for unit in units:
+        if len(unit) > 1:
+            ids = ", ".join(s.run_id for s in unit[:3]) + (f", … {unit[-1].run_id}" if len(unit) > 3 else "")
+            lines.append(f"vectorized group of {len(unit)}: {ids}")
+        else:
+            reason = why_not(unit[0]) or "no other run shares its architecture, data and training config"
+            lines.append(f"sequential: {unit[0].run_id} ({reason})")
+    return lines
+
+
+# --- one group ----------------------------------------------------------------------
+
+
+def execute_group(specs: list[RunSpec], exp_dir: Path, base_dir: Path | None = None,
+                  progress: Progress | None = None, max_members: int = MAX_MEMBERS) -> list[dict[str, Any]]:
+    """Train the runs of one group together and write each run's folder, as
+    `trainer.execute` does for one run. Returns one result per run that was started, in
+    order; after Ctrl-C the runs of later chunks are not started (and not returned)."""
+    from optcmp.trainer import execute
+
+    units = group_specs(list(specs), max_members)
+    results: list[dict[str, Any]] = []
+    for unit in units:
+        if len(unit) == 1 and why_not(unit[0]):
+            results.append(execute(unit[0], exp_dir, base_dir, progress))
+        else:
+            device = resolve_device(unit[0].config.device)
+            for chunk in _chunks(unit, device, base_dir, max_members):
+                results += _Group(chunk, Path(exp_dir), base_dir, device, progress).run()
+                if any(r["status"] == "interrupted" for r in results):
+                    break
+        if any(r["status"] == "interrupted" for r in results):
+            break
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    return sorted(results, key=lambda r: order[r["run_id"]])
+
+
+def _memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * MEMORY_SHARE)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * MEMORY_SHARE)
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def member_bytes(spec: RunSpec, n_features: int, n_outputs: int, n_rows: int, own_data: bool) -> int:
+    """A generous estimate of one member's memory in a chunk: about ten copies of its
+    parameters (weights, gradients, optimizer state, temporaries) and four of each
+    layer's activations for `n_rows` samples, plus its data when it has its own."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.config.model, n_features, n_outputs)
+    n_params = sum(p.numel() for p in model.parameters())
+    widths = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    data = n_rows * (n_features + 1) if own_data else 0
+    return 4 * (10 * n_params + 4 * n_rows * (widths * 2 + n_features) + data)
+
+
+def _chunks(unit: list[RunSpec], device: torch.device, base_dir: Path | None, max_members: int) -> list[list[RunSpec]]:
+    """The unit cut into near-equal chunks that fit the device's memory."""
+    first = unit[0]
+    data = build_data(first.config.data, first.seed, base_dir)
+    rows = len(data.x_train) + (len(data.x_val) if data.x_val is not None else 0)
+    own = first.config.data.kind != "quadratic"
+    per_member = member_bytes(first, data.n_features, data.n_outputs, rows, own)
+    return _pieces(unit, min(max_members, _memory_budget(device) // per_member))
+
+
+class _Member:
+    """One run of a group: its spec, folder, logger, result and running bests."""
+
+    def __init__(self, index: int, spec: RunSpec, exp_dir: Path, device: torch.device) -> None:
+        self.index = index  # row in the group's stacked tensors
+        self.spec = spec
+        self.run_dir = exp_dir / spec.run_id
+        self.result = base_result(spec)
+        self.result["engine"] = "vectorized"
+        self.result["device"] = str(device)
+        yaml_text = prepare_run_dir(self.run_dir, spec)
+        self.logger = open_logger(self.run_dir, spec, yaml_text)
+        self.best = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
+        self.done = False
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for tag in self.best:
+            if tag in values:
+                better = max if tag.endswith("accuracy") else min
+                self.best[tag] = better(self.best[tag], values[tag])
+        self.logger.scalars(step, values)
+
+    def finish(self, seconds: float, **fields: Any) -> None:
+        """Record the outcome (`status` and any other result fields) and write the folder."""
+        self.result.update(fields)
+        finish_run(self.run_dir, self.spec, self.logger, self.result, seconds)
+        self.done = True
+
+
+class _Group:
+    """One chunk of a group: builds the members, trains them, writes their folders."""
+
+    def __init__(self, specs: list[RunSpec], exp_dir: Path, base_dir: Path | None, device: torch.device,
+                 progress: Progress | None) -> None:
+        self.specs, self.exp_dir, self.base_dir, self.device, self.progress = specs, exp_dir, base_dir, device, progress
+        self.config = specs[0].config
+        self.members: list[_Member] = []
+
+    def run(self) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        try:
+            self.members = [_Member(i, s, self.exp_dir, self.device) for i, s in enumerate(self.specs)]
+            self._setup()
+            self._train()
+        except KeyboardInterrupt:
+            for m in self._open():
+                m.finish(self._share(start), status="interrupted", error="interrupted by the user")
+        except OptcmpError:
+            for m in self._open():
+                m.logger.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - a group that raises must not stop the sweep
+            text = traceback.format_exc()
+            for m in self._open():
+                (m.run_dir / "error.txt").write_text(text)
+                m.finish(self._share(start), status="failed", error=f"{type(e).__name__}: {e}")
+        return [m.result for m in self.members]
+
+    def _open(self) -> list[_Member]:
+        return [m for m in self.members if not m.done]
+
+    def _share(self, start: float) -> float:
+        """A member's share of the chunk's wall time: what `seconds` sums to over a sweep."""
+        return (time.perf_counter() - start) / len(self.specs)
+
+    # --- setup ---
+
+    def _setup(self) -> None:
+        cfg, dev = self.config, self.device
+        datas = [build_data(cfg.data, s.seed, self.base_dir) for s in self.specs]
+        first = datas[0]
+        self.task = first.task
+        self.loss_fn = loss_function(cfg, first.task)
+        models = []
+        for spec in self.specs:
+            torch.manual_seed(spec.seed)  # the seeding contract: right before the model is built
+            models.append(build_model(cfg.model, first.n_features, first.n_outputs))
+        template = models[0]
+        reason = unsupported_layer(template)
+        if reason:
+            raise RuntimeError(f"the vectorized engine cannot train this model: {reason}")
+        groups = group_names(template, cfg.optimizer)
+        shapes = dict((n, p.shape) for n, p in template.named_parameters())
+        # The flat buffer holds the optimizer groups one after another, so that each group
+        # is a column range with its own hyperparameters.
+        layout = [name for g in groups for name in g["params"]]
+        offsets, at = {}, 0
+        for name in layout:
+            offsets[name] = at
+            at += shapes[name].numel()
+        M = len(self.specs)
+        dtype = next(template.parameters()).dtype  # the default dtype, as in the sequential trainer
+        self.data = _StackedData(datas, dev, dtype)
+        flat = torch.empty(M, at, dtype=dtype)
+        for m, model in enumerate(models):
+            for name, p in model.named_parameters():
+                flat[m, offsets[name]:offsets[name] + p.numel()] = p.detach().reshape(-1)
+        self.flat = flat.to(dev)
+        self.layout = layout
+        self.names = list(shapes)  # model order, as the sequential trainer logs and saves them
+        self.views = {n: self.flat[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
+        self.model = StackedModel(template, self.views)
+        self.grad_views = lambda g: {n: g[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
+        member_groups = [group_names(template, s.config.optimizer) for s in self.specs]
+        for member, own in zip(self.members, member_groups):
+            member.result["param_groups"] = own
+        segments, col = [], 0
+        for i, g in enumerate(groups):
+            width = sum(shapes[n].numel() for n in g["params"])
+            per_member = [{**resolved_kwargs(s.config.optimizer), **{k: v for k, v in own[i].items() if k != "params"}}
+                          for s, own in zip(self.specs, member_groups)]
+            decoupled = [s.config.optimizer.name.lower() == "adamw" or bool(o.get("decoupled_weight_decay"))
+                         for s, o in zip(self.specs, per_member)]
+            segments.append(Segment(col, col + width, per_member, decoupled))
+            col += width
+        self.opt = BatchedOptimizer(family_of(cfg.optimizer.name), self.flat, segments)
+        # [P, T] 0/1 matrix: squared norms of every parameter tensor of every member in one matmul
+        tensor_of_col = torch.zeros(at, len(self.names), dtype=torch.float64)
+        for j, n in enumerate(self.names):
+            tensor_of_col[offsets[n]:offsets[n] + shapes[n].numel(), j] = 1
+        self.tensor_of_col = tensor_of_col.to(dev)
+
+    # --- training ---
+
+    def _train(self) -> None:
+        cfg, members = self.config, self.members
+        n_train = self.data.n_train
+        bs = batch_size_of(cfg.data, n_train)
+        by_epoch = cfg.train.epochs is not None
+        total = cfg.train.epochs * steps_per_epoch(cfg.data, n_train) if by_epoch else cfg.train.steps
+        every, hist_every = cfg.log.every, cfg.log.histograms.every
+        # each member its own shuffle stream, as in the sequential trainer
+        gens = [shuffle_generator(s.seed, self.device if self.device.type == "cuda" else "cpu") for s in self.specs]
+        self.pending: list[torch.Tensor] = []  # per-step member losses not yet checked for divergence
+        self.checked = 0  # first step not yet checked
+        self.start = time.perf_counter()
+        step = epoch = 0
+        grads = None
+        while step < total and self._open():
+            batches = [list(epoch_batches(n_train, bs, g)) for g in gens]
+            epoch_sum = torch.zeros(len(members), dtype=torch.float64, device=self.device)
+            for k in range(len(batches[0])):
+                if step >= total or not self._open():
+                    break
+                idx = None if batches[0][k] is None else torch.stack([b[k] for b in batches])
+                xb, yb = self.data.batch(idx)
+                log_step = not by_epoch and (step % every == 0 or step == total - 1)
+                hist_step = hist_every > 0 and not by_epoch and step % hist_every == 0
+
+                out, saved = self.model.forward(xb, keep=True)
+                losses, grad_out = member_losses(self.loss_fn, out, yb, self.task, grad=True)
+                named_grads = self.model.backward(saved, grad_out)
+                grads = torch.cat([named_grads[n].reshape(len(members), -1) for n in self.layout], 1)
+                self.pending.append(losses)
+                if by_epoch:
+                    epoch_sum += losses.double() * yb.shape[1]
+                if log_step or hist_step or len(self.pending) >= CHECK_EVERY:
+                    self._check_divergence()
+                grad_norm = before = None
+                if log_step:
+                    grad_norm = grads.double().square().sum(1).sqrt()
+                    before = self.flat.clone()
+                if hist_step:
+                    self._histograms(step, grads)
+                self.opt.step(grads)
+                if log_step:
+                    loss = self._log_point(step, losses, grad_norm, before, {})
+                    if self.progress is not None and loss is not None:
+                        self.progress(step + 1, total, loss)
+                step += 1
+            epoch += 1
+            if by_epoch:
+                self._check_divergence()
+                if epoch % every == 0 or step >= total:
+                    loss = self._log_point(epoch, epoch_sum / n_train, None, None, {"epoch": epoch})
+                    if self.progress is not None and loss is not None:
+                        self.progress(step, total, loss)
+                if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1):
+                    self._histograms(epoch, grads)
+        self._check_divergence()
+        self._finish(step)
+
+    def _check_divergence(self) -> None:
+        """Stop the members whose loss became NaN, inf or too large at any step since the
+        last check: one device→host sync for all members and all those steps."""
+        if not self.pending:
+            return
+        window = torch.stack(self.pending)  # [steps, M]
+        first, self.checked = self.checked, self.checked + len(self.pending)
+        self.pending = []
+        threshold = self.config.train.diverge_threshold
+        bad = ~torch.isfinite(window)
+        if threshold is not None:
+            bad |= window > threshold
+        if not bool(bad.any()):
+            return
+        for m, member in enumerate(self.members):
+            rows = bad[:, m].nonzero()
+            if member.done or not len(rows):
+                continue
+            row = int(rows[0])
+            stop = Diverged(first + row, float(window[row, m]))
+            member.finish(self._share(self.start), **stop.record())
+
+    def _evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each member's loss `[M]` (and accuracy) on its own train or validation set."""
+        x, y = self.data.full(split)
+        with torch.no_grad():
+            out, _ = self.model.forward(x)
+            losses, _ = member_losses(self.loss_fn, out, y, self.task)
+        acc = (out.argmax(-1) == y).double().mean(1) if self.task == "classification" else None
+        return losses, acc
+
+    def _log_point(self, x: int, losses: torch.Tensor, grad_norm: torch.Tensor | None, before: torch.Tensor | None,
+                   extra: dict[str, float]) -> float | None:
+        """Log the sequential trainer's scalars for every open member, computed for all of
+        them with a few batched ops and one transfer; return the median training loss."""
+        open_members = self._open()
+        if not open_members:
+            return None
+        columns = [losses.double()]
+        has_val = self.data.x_val is not None
+        if has_val:
+            val_loss, val_acc = self._evaluate("val")
+            columns += [val_loss.double()] + ([val_acc] if val_acc is not None else [])
+        if grad_norm is not None:
+            columns.append(grad_norm)
+        flat64 = self.flat.double()
+        if before is not None:
+            before64 = before.double()
+            delta = (flat64 - before64).square().sum(1).sqrt()
+            columns.append(delta / before64.square().sum(1).sqrt().clamp_min(1e-12))
+        squares = flat64.square() @ self.tensor_of_col  # [M, tensors]
+        table = torch.cat([torch.stack(columns, 1), squares], 1).tolist()
+        lrs = self.opt.lrs()
+        for member in open_members:
+            m = member.index
+            row = iter(table[m])
+            values = {"train/loss": next(row)}
+            if has_val:
+                values["val/loss"] = next(row)
+                if self.task == "classification":
+                    values["val/accuracy"] = next(row)
+            values.update({f"lr/group{i}": lr for i, lr in enumerate(lrs[m])})
+            if grad_norm is not None:
+                values["grad_norm"] = next(row)
+            ratio = next(row) if before is not None else None
+            values.update(norm_scalars(self.names, list(row)))
+            if ratio is not None:
+                values["update_ratio"] = ratio
+            values.update(extra)
+            member.log(x, values)
+        return statistics.median(table[member.index][0] for member in open_members)
+
+    def _histograms(self, step: int, grads: torch.Tensor) -> None:
+        """Every open member's weight and gradient histograms, summarized in one batch."""
+        grad_views = self.grad_views(grads)
+        runs = []
+        for member in self._open():
+            m = member.index
+            named = [(n, self.views[n][m]) for n in self.names]
+            runs.append((member.logger, histogram_tensors(named, self.config, [grad_views[n][m] for n in self.names])))
+        log_histograms(step, runs)
+
+    def _finish(self, steps: int) -> None:
+        """Final metrics of every member still open, as `trainer.train` computes them."""
+        open_members = self._open()
+        if not open_members:
+            return
+        seconds = self._share(self.start)
+        train_loss, train_acc = (t.tolist() if t is not None else None for t in self._evaluate("train"))
+        val_loss = val_acc = None
+        if self.data.x_val is not None:
+            val_loss, val_acc = (t.tolist() if t is not None else None for t in self._evaluate("val"))
+        threshold = self.config.train.diverge_threshold
+        near_zero = self.config.summary.near_zero
+        for member in open_members:
+            m = member.index
+            try:
+                _check(train_loss[m], steps, threshold)
+            except Diverged as stop:
+                member.finish(seconds, **stop.record())
+                continue
+            best = member.best
+            metrics: dict[str, Any] = {"train_loss": train_loss[m], "best_train_loss": min(best["train/loss"], train_loss[m])}
+            if train_acc is not None:
+                metrics["train_accuracy"] = train_acc[m]
+            if val_loss is not None:
+                metrics["val_loss"], metrics["best_val_loss"] = val_loss[m], min(best["val/loss"], val_loss[m])
+                if val_acc is not None:
+                    metrics["val_accuracy"], metrics["best_val_accuracy"] = val_acc[m], max(best["val/accuracy"], val_acc[m])
+            named = [(n, self.views[n][m]) for n in self.names]
+            metrics.update(final_weight_stats(named, near_zero))
+            metrics.update({"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds if seconds > 0 else None})
+            save_weights(member.run_dir, named)
+            member.result["metrics"] = metrics
+            member.finish(seconds, status="ok")
+
+
+class _StackedData:
+    """The members' data sets on the device: one copy when they are all equal (the
+    quadratic data, or any data set that does not depend on the seed), else one per member."""
+
+    def __init__(self, datas: list[Dataset], device: torch.device, dtype: torch.dtype) -> None:
+        first = datas[0]
+        self.members = len(datas)
+        self.shared = all(_same_data(d, first) for d in datas[1:])
+        kept = datas[:1] if self.shared else datas
+        for d in kept:
+            if d.x_train.shape != first.x_train.shape or (d.x_val is None) != (first.x_val is None) or \
+                    (d.x_val is not None and d.x_val.shape != first.x_val.shape):
+                raise RuntimeError("the members' data sets differ in size; they cannot be stacked")
+        def stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+            if tensors[0] is None:
+                return None
+            out = torch.stack(tensors).to(device)
+            return out.to(dtype) if out.is_floating_point() else out
+
+        self.x_train, self.y_train = stack([d.x_train for d in kept]), stack([d.y_train for d in kept])
+        self.x_val, self.y_val = stack([d.x_val for d in kept]), stack([d.y_val for d in kept])
+        self.n_train = first.x_train.shape[0]
+        self._rows = torch.arange(self.members, device=device).unsqueeze(1)
+
+    def _expand(self, y: torch.Tensor) -> torch.Tensor:
+        return y.expand(self.members, *y.shape[1:]) if self.shared else y
+
+    def full(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All of a split: inputs `[n, F]` when shared (the model broadcasts them), targets `[M, n, …]`."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
+        return (x[0] if self.shared else x), self._expand(y)
+
+    def batch(self, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's batch for sample indices `idx` `[M, B]` (None: the full training set)."""
+        if idx is None:
+            return self.full("train")
+        if self.shared:
+            return self.x_train[0][idx], self.y_train[0][idx]
+        return self.x_train[self._rows, idx], self.y_train[self._rows, idx]
+
+
+def _same_data(a: Dataset, b: Dataset) -> bool:
+    pairs = [(a.x_train, b.x_train), (a.y_train, b.y_train), (a.x_val, b.x_val), (a.y_val, b.y_val)]
+    return all((s is None and t is None) or (s is not None and t is not None and s.shape == t.shape and torch.equal(s, t))
+               for s, t in pairs)
