@@ -9,11 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from optcmp.cli import app
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.sweeps import ROOT, run
 
 SWEEP = """\
 name: sweep
@@ -29,10 +26,6 @@ log: {every: 5, histograms: {every: 20}}
 """
 IDS = ["adamw-wd0-s0", "adamw-wd0-s1", "adamw-wd0.1-s0", "adamw-wd0.1-s1"]
 TIMING = ("seconds", "steps_per_second")  # measured, so they differ from one attempt to the next
-
-
-def run(config: Path, out: Path, *args: str):
-    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *map(str, args)])
 
 
 def numbers(exp: Path) -> dict[str, dict]:
@@ -70,6 +63,7 @@ def reference(tmp_path_factory):
     return config, numbers(tmp / "sweep")
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_numbers_of_jobs_1(reference, tmp_path):
     config, expected = reference
     result = run(config, tmp_path, "--jobs", 2)
@@ -78,6 +72,7 @@ def test_jobs_2_gives_the_numbers_of_jobs_1(reference, tmp_path):
     assert pd.read_csv(tmp_path / "sweep" / "runs.csv")["run_id"].tolist() == IDS  # plan order, not finishing order
 
 
+@pytest.mark.slow
 def test_a_dead_worker_process_fails_its_runs_not_the_sweep(write_config, tmp_path):
     config = write_config("""\
 name: dying
@@ -85,7 +80,7 @@ device: cpu
 data: {kind: quadratic}
 train: {steps: 5}
 sweep:
-  model.kind: [mlp, "tests.sweep_faults:dying_model"]
+  model.kind: [mlp, "tests.sweeps:dying_model"]
 log: {histograms: {every: 0}}
 """)
     result = run(config, tmp_path, "--jobs", 2)
@@ -103,13 +98,14 @@ log: {histograms: {every: 0}}
 def local_ray():
     ray = pytest.importorskip("ray")
     with pytest.MonkeyPatch.context() as mp:
-        # Ray's workers are fresh interpreters: let them import tests.sweep_faults too
+        # Ray's workers are fresh interpreters: let them import tests.sweeps too
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         yield ray
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_numbers_of_jobs_1(local_ray, reference, tmp_path):
     config, expected = reference
     result = run(config, tmp_path, "--executor", "ray")
@@ -123,13 +119,14 @@ def test_ray_gives_the_numbers_of_jobs_1(local_ray, reference, tmp_path):
     assert local_ray.is_initialized()  # a Ray instance the caller started is left running
 
 
+@pytest.mark.slow
 def test_ray_retries_a_dead_worker_then_reports_the_failure(local_ray, write_config, tmp_path):
     once = tmp_path / "died-once"
     config = write_config(f"""\
 name: dying
 seeds: 1
 device: cpu
-model: {{kind: "tests.sweep_faults:dying_model"}}
+model: {{kind: "tests.sweeps:dying_model"}}
 data: {{kind: quadratic}}
 train: {{steps: 5}}
 sweep:

@@ -14,27 +14,23 @@ import pandas as pd
 import psutil
 import pytest
 
-from typer.testing import CliRunner
-
-from optcmp.cli import app
 from optcmp.results import STATUSES
+from tests.sweeps import ROOT, result_files, run
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# Eight runs of a few tenths of a second each: long enough to be caught in the middle.
+# Six runs of a few tenths of a second each: long enough to be caught in the middle.
 LONG = """\
 name: long
-seeds: 4
+seeds: 3
 device: cpu
 model: {kind: mlp, hidden: [8], norm: layernorm}
 data: {kind: quadratic}
-train: {steps: 1000}
+train: {steps: 600}
 optimizer: {name: adam, lr: 0.01}
 sweep:
   optimizer.weight_decay: [0.0, 0.1]
 log: {every: 50, histograms: {every: 500}}
 """
-RUNS = 8
+RUNS = 6
 
 
 def start(config: Path, out: Path, *args: str) -> subprocess.Popen:
@@ -44,24 +40,15 @@ def start(config: Path, out: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
 
-def rerun(config: Path, out: Path, *args: str):
-    """The next attempt, in this process (one interpreter start less)."""
-    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *args])
-
-
-def finished(exp: Path) -> dict[str, bytes]:
-    """result.json of each run that has one, as bytes (a redone run differs in its seconds)."""
-    return {p.parent.name: p.read_bytes() for p in exp.glob("*/result.json")}
-
-
 def wait_for_results(proc: subprocess.Popen, exp: Path, n: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while len(finished(exp)) < n:
+    while len(result_files(exp)) < n:
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, f"no {n} results within {timeout} s"
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigkill_then_rerun_redoes_only_unfinished_runs(write_config, tmp_path, jobs):
     config, exp = write_config(LONG), tmp_path / "long"
@@ -73,15 +60,15 @@ def test_sigkill_then_rerun_redoes_only_unfinished_runs(write_config, tmp_path, 
     # a killed driver's workers stop too, so nothing writes into the folder any more
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
-    before = finished(exp)
+    before = result_files(exp)
     assert 2 <= len(before) < RUNS
     assert all(json.loads(b)["status"] == "ok" for b in before.values())
     half_done = [d.name for d in exp.iterdir() if d.is_dir() and not (d / "result.json").exists()]
 
-    again = rerun(config, tmp_path, "--jobs", str(jobs))
+    again = run(config, tmp_path, "--jobs", str(jobs))  # the next attempt, in this process
     assert again.exit_code == 0, again.output
     assert f"{len(before)} of {RUNS} runs finished earlier and are kept; {RUNS - len(before)} to run" in again.output
-    after = finished(exp)
+    after = result_files(exp)
     assert len(after) == RUNS
     assert all(after[run_id] == data for run_id, data in before.items())  # not one finished run redone
     runs = pd.read_csv(exp / "runs.csv")
@@ -89,9 +76,10 @@ def test_sigkill_then_rerun_redoes_only_unfinished_runs(write_config, tmp_path, 
     for run_id in half_done:  # a run cut off half-way starts clean: one event file, each step once
         assert len(list((exp / run_id).glob("events.out.tfevents.*"))) == 1
         steps = pd.read_csv(exp / run_id / "metrics.csv")["step"]
-        assert steps.is_unique and steps.iloc[-1] == 999
+        assert steps.is_unique and steps.iloc[-1] == 599
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs,sig", [(1, signal.SIGINT), (2, signal.SIGTERM)])
 def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_path, jobs, sig):
     config, exp = write_config(LONG), tmp_path / "long"
@@ -101,7 +89,7 @@ def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_pa
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
 
-    results = {run_id: json.loads(b) for run_id, b in finished(exp).items()}
+    results = {run_id: json.loads(b) for run_id, b in result_files(exp).items()}
     statuses = [r["status"] for r in results.values()]
     assert set(statuses) <= {"ok", "interrupted"} and "interrupted" in statuses
     # every run folder has its result: the runs in flight were marked, none was left half-written
@@ -114,7 +102,7 @@ def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_pa
     assert summary["n"].sum() == n_ok and summary["runs"].sum() == len(results)
     assert f"{len(results)} of {RUNS} runs: {n_ok} ok, {statuses.count('interrupted')} interrupted" in output
 
-    again = rerun(config, tmp_path, "--jobs", str(jobs))
+    again = run(config, tmp_path, "--jobs", str(jobs))
     assert again.exit_code == 0, again.output
     assert f"{n_ok} of {RUNS} runs finished earlier and are kept" in again.output
     assert pd.read_csv(exp / "runs.csv")["status"].eq("ok").sum() == RUNS

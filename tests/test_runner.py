@@ -17,8 +17,7 @@ from optcmp.config import load_config
 from optcmp.errors import OptcmpError
 from optcmp.runner import Execution, plan_units
 from optcmp.sweep import expand
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.sweeps import ROOT, result_files, run
 
 SWEEP = """\
 name: sweep
@@ -41,20 +40,11 @@ device: cpu
 model: {kind: mlp, hidden: [8], norm: layernorm}
 data: {kind: quadratic}
 train: {steps: 20}
-optimizer: {name: "tests.sweep_faults:FailingAdam", lr: 0.01}
+optimizer: {name: "tests.sweeps:FailingAdam", lr: 0.01}
 sweep:
   optimizer.fail_at: [null, 3]
 log: {every: 5, histograms: {every: 0}}
 """
-
-
-def run(config: Path, out: Path, *args: str):
-    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *map(str, args)])
-
-
-def result_files(exp: Path) -> dict[str, bytes]:
-    """Each run's result.json as bytes: a redone run differs at least in its measured seconds."""
-    return {p.parent.name: p.read_bytes() for p in sorted(exp.glob("*/result.json"))}
 
 
 def status_of(exp: Path) -> dict[str, str]:

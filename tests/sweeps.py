@@ -1,5 +1,6 @@
-"""Faults on demand for the runner, executor and resume tests, loaded by import path
-(`tests.sweep_faults:Name`): an optimizer that raises, a model whose process dies."""
+"""Helpers of the runner, executor and resume tests: `optcmp run` in this process, result
+snapshots, and faults on demand loaded by import path (`tests.sweeps:Name`): an optimizer
+that raises, a model whose process dies."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,22 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typer.testing import CliRunner
+
+from optcmp.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(config: Path, out: Path, *args: object):
+    """`optcmp run CONFIG --out OUT` with the sequential engine: these tests are about how
+    runs are executed and recorded, not about how they are grouped."""
+    return CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--engine", "sequential", *map(str, args)])
+
+
+def result_files(exp: Path) -> dict[str, bytes]:
+    """Each run's result.json as bytes: a redone run differs at least in its measured seconds."""
+    return {p.parent.name: p.read_bytes() for p in sorted(exp.glob("*/result.json"))}
 
 
 class FailingAdam(torch.optim.Adam):
