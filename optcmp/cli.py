@@ -229,9 +229,11 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
         + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""), highlight=False,
     )
-    for r in results:
-        if r["status"] in ("failed", "diverged"):
-            console.print(f"  {r['status']}: {r['run_id']}: {r['error']}", highlight=False, soft_wrap=True, markup=False)
+    troubled = [r for r in results if r["status"] in ("failed", "diverged")]
+    for r in troubled[:10]:
+        console.print(f"  {r['status']}: {r['run_id']}: {r['error']}", highlight=False, soft_wrap=True, markup=False)
+    if len(troubled) > 10:
+        console.print(f"  … and {len(troubled) - 10} more (see the error column of runs.csv)")
     if results:
         console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
         console.print(f"TensorBoard: tensorboard --logdir {exp_dir}")

@@ -303,6 +303,9 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
                         last_summary = time.monotonic() if due else last_summary
                 except KeyboardInterrupt:
                     outcome.interrupted = True
+                except BaseException:  # e.g. a config error a worker met: do not wait for the others
+                    executor.stop()
+                    raise
                 if outcome.interrupted:
                     for unit, unit_results in executor.stop():
                         record(unit, unit_results, stopped=True)
