@@ -17,6 +17,8 @@ and prints the medians side by side with two ratios and their goals:
 
     python benchmarks/histograms.py                  # 5 repetitions, the slow baseline once
     python benchmarks/histograms.py --reps 3 --baseline-reps 1 --json out.json
+    python benchmarks/histograms.py --omp-threads 1     # on a machine shared with other work
+    python benchmarks/histograms.py --in-process        # RunLogger's cost alone, in one process
 """
 from __future__ import annotations
 
@@ -55,11 +57,11 @@ def event_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("events.out.tfevents.*"))
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, all threads) of one whole process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -81,12 +83,72 @@ def variants(work: Path) -> dict[str, tuple[list[str], Path]]:
     return out
 
 
+def in_process(reps: int) -> None:
+    """The baseline's training loop logging through RunLogger, histograms on and off, in one
+    process: RunLogger's own cost, without start-up or the rest of `optcmp run`."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    from optcmp.tblog import RunLogger
+
+    spec = importlib.util.spec_from_file_location("baseline", BASELINE)
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)  # for its model, exactly
+    x1, x2 = torch.arange(-10, 10).float(), torch.arange(0, 20).float()
+    x, y = torch.stack([x1, x2], dim=1), 2 * x1 - x2**2 + 1
+
+    def loop(histograms: bool, logdir: Path) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = baseline.mlp(20, 4)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+        named = list(model.named_parameters())
+        logger = RunLogger(logdir)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for step in range(STEPS):
+            loss = nn.functional.mse_loss(model(x).squeeze(-1), y)
+            loss.backward()
+            if histograms:
+                tensors = {f"weights/{n}": p.detach() for n, p in named}
+                tensors.update({f"grads/{n}": p.grad for n, p in named})
+                logger.histograms(step, tensors)
+            logger.scalars(step, {"train/loss": loss.item()})
+            opt.step()
+            opt.zero_grad()
+        logger.close()  # included: everything is on disk when the clock stops
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
+        for rep in range(reps):
+            for histograms in (True, False):
+                results[histograms].append(loop(histograms, Path(tmp) / f"{histograms}-{rep}"))
+    for histograms in (False, True):
+        walls, cpus = zip(*results[histograms])
+        print(f"RunLogger, {'36 histograms + loss' if histograms else 'loss only':20s} per step, {STEPS} steps: "
+              f"median {statistics.median(walls):.3f} s wall, {statistics.median(cpus):.3f} s cpu (n={reps})")
+    ratio = statistics.median(w for w, _ in results[True]) / statistics.median(w for w, _ in results[False])
+    print(f"with ÷ without histograms: {ratio:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the fast variants (median taken)")
     ap.add_argument("--baseline-reps", type=int, default=1, help="repetitions of the ~1 min add_histogram baseline")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--omp-threads", type=int,
+                    help="set OMP_NUM_THREADS for every process (default: unset, as users run them; "
+                         "1 keeps a loaded machine from stalling torch's thread pool)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="instead: time the training loop alone, logging through RunLogger with and without histograms")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(args.reps)
+        return
+    env = dict(os.environ)
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)
 
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {}
@@ -100,7 +162,7 @@ def main() -> None:
                 if rep >= (args.baseline_reps if name == "baseline" else args.reps):
                     continue
                 shutil.rmtree(folder, ignore_errors=True)
-                seconds, cpu_seconds = timed(cmd, ROOT)
+                seconds, cpu_seconds = timed(cmd, ROOT, env)
                 times.setdefault(name, []).append(seconds)
                 cpu.setdefault(name, []).append(cpu_seconds)
                 sizes[name] = event_bytes(folder)
