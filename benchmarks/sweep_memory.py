@@ -103,10 +103,12 @@ def timing(tmp: Path, jobs_list: list[int], steps: int, width: int) -> None:
           f"load average {os.getloadavg()[0]:.1f} at start")
     rows = []
     if BASELINE.exists():
-        out = subprocess.run([sys.executable, str(BASELINE), "--members", str(members), "--steps", str(steps),
-                              "--width", str(width)], capture_output=True, text=True, check=True).stdout
-        seconds = float(out.split("train_seconds ")[1].split()[0])
-        rows.append(("hand-written loop (torch default threads)", seconds))
+        # as users run it (torch's default: a thread per core), and with one thread like optcmp's runs
+        for label, env in (("torch's default threads", {}), ("1 thread", {"OMP_NUM_THREADS": "1"})):
+            out = subprocess.run([sys.executable, str(BASELINE), "--members", str(members), "--steps", str(steps),
+                                  "--width", str(width)], capture_output=True, text=True, check=True,
+                                 env={**os.environ, **env}).stdout
+            rows.append((f"hand-written loop ({label})", float(out.split("train_seconds ")[1].split()[0])))
     for jobs in jobs_list:
         text = BASELINE_SWEEP.format(jobs=jobs, steps=steps, width=width, decays=DECAYS)
         t = time.perf_counter()
