@@ -57,7 +57,7 @@ class Pending:
             else:
                 if self._ready is not None:
                     self._ready.synchronize()
-                self._array = self._tensor.numpy()
+                self._array = self._tensor.numpy().astype(np.float64, copy=False)
         return self._array
 
 
@@ -192,7 +192,7 @@ def _summarize_torch(flat: torch.Tensor, numels: tuple[int, ...], bins: int) -> 
     bucket = torch.where(finite, pos, bins) + bucket_offset
     counts = torch.bincount(bucket, minlength=k * (bins + 1)).view(k, bins + 1)[:, :bins].to(acc)
     stats = torch.stack([lows.to(acc), highs.to(acc), counts.sum(1), sums, sum_squares], 1)
-    return torch.cat([stats, counts], 1).double()
+    return torch.cat([stats, counts], 1)  # float64 on the host: MPS has no float64
 
 
 def encode(tags: Sequence[str], summaries: np.ndarray) -> list[bytes]:

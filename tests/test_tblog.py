@@ -296,7 +296,7 @@ def test_batched_and_device_paths_give_the_same_summary():
     np.testing.assert_array_equal(together, one_by_one)
     for ts, expected in zip(steps, one_by_one):
         flat = torch.cat([t.reshape(-1) for t in ts])
-        with_torch = hist._summarize_torch(flat, tuple(t.numel() for t in ts), BINS).numpy()
+        with_torch = hist._summarize_torch(flat, tuple(t.numel() for t in ts), BINS).double().numpy()
         np.testing.assert_array_equal(with_torch[:, : hist.SUM], expected[:, : hist.SUM])
         np.testing.assert_allclose(with_torch[:, hist.SUM :], expected[:, hist.SUM :], rtol=1e-12)
     assert one_by_one[0, 2, hist.NUM] == 2  # the NaN left out
