@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from optcmp.runner import Events, Execution, Unit, run_unit, stand_in
 
 STOP_GRACE_S = 15.0  # how long a stopped worker may take to close its run's logs
 RAY_MAX_RETRIES = 2  # a Ray task whose worker or node died is retried this often, then reported failed
+REACH_TIMEOUT_S = 5.0  # how long to try a cluster's address before giving up
 
 Outcome = tuple[Unit, list[dict[str, Any]]]
 
@@ -229,6 +231,17 @@ def install_run(run_dir: Path, files: dict[str, bytes]) -> None:
         atomic_write_bytes(run_dir / name, files[name])
 
 
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds where `ray.init` would wait minutes for a cluster that is not there."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # none (a local instance), or `auto`: Ray finds it or says so
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        raise OptcmpError(f"--address {address}: no Ray cluster answers at {host}:{port} ({e.strerror or e})") from None
+
+
 class RayExecutor:
     """`--executor ray`: each unit is a Ray task with a CPU (and GPU) request; results and
     run folders come back to this driver, which writes them. Only as many tasks as the
@@ -241,6 +254,7 @@ class RayExecutor:
         self.exp_dir, self.base_dir, self.threads, self.gpus_per_run = exp_dir, base_dir, threads, gpus_per_run
         self._owned = not ray.is_initialized()
         if self._owned:
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
             except (ConnectionError, ValueError, RuntimeError) as e:

@@ -200,3 +200,15 @@ def test_execution_options_are_checked(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(OptcmpError, match=r"^the ray executor needs ray: pip install 'optcmp\[ray\]'$"):
         Execution(executor="ray")
+
+
+def test_an_unreachable_ray_cluster_is_reported_at_once(write_config, tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run(write_config(SWEEP), tmp_path, "--executor", "ray", "--address", f"127.0.0.1:{port}")
+    assert result.exit_code == 2
+    assert f"error: --address 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} (Connection refused)" in result.output
