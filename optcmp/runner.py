@@ -102,6 +102,7 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
     from optcmp.models import build_model
     from optcmp.optimizers import build_optimizer, build_scheduler, schedule_length
     from optcmp.trainer import loss_function, resolve_device
+    from optcmp.vectorized import check_optimizer
 
     seen: set[str] = set()
     for spec in specs:
@@ -114,8 +115,11 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
             data = build_data(cfg.data, spec.seed, loaded.base_dir)
             loss_function(cfg, data.task)
             model = build_model(cfg.model, data.n_features, data.n_outputs)
-            opt = build_optimizer(model, cfg.optimizer)
-            build_scheduler(opt, cfg.scheduler, schedule_length(cfg, len(data.x_train)))
+            # the vectorized engine's check spares a sweep it trains the first torch.optim
+            # construction, which imports torch._dynamo (about a second)
+            if cfg.scheduler is not None or not check_optimizer(model, cfg.optimizer):
+                opt = build_optimizer(model, cfg.optimizer)
+                build_scheduler(opt, cfg.scheduler, schedule_length(cfg, len(data.x_train)))
         except ConfigError as e:
             swept = next((k for k in spec.params if e.key == k or e.key.startswith(k + ".")), None)
             key = f"sweep.{swept}" if swept else e.key
@@ -182,10 +186,11 @@ def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any
         result = read_result(run_dir)
         if result is None:
             continue
+        if result.get("status") not in KEPT:  # failed or interrupted: no numbers to keep or to mix up
+            continue
         spec = by_id.get(run_dir.name)
         if spec is not None and result.get("config_hash") == spec.config_hash:
-            if result.get("status") in KEPT:
-                kept[spec.run_id] = result
+            kept[spec.run_id] = result
             continue
         # Another plan's run (other seeds or sweep values of this config are fine), or a run
         # whose config changed: compare what is not swept.
