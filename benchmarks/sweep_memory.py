@@ -79,6 +79,7 @@ def memory(tmp: Path, runs: int) -> None:
             samples[done[0]] = me.memory_info().rss
 
     text = TINY.format(runs=runs, seeds=runs // 4)
+    import optcmp.summary  # noqa: F401 - pandas and scipy, and
     import optcmp.trainer  # noqa: F401 - torch and the logger loaded before the first figure
 
     start_rss = me.memory_info().rss
@@ -88,7 +89,7 @@ def memory(tmp: Path, runs: int) -> None:
     assert all(r["status"] == "ok" for r in outcome.results) and len(outcome.results) == runs
     print(f"\n{runs}-run sweep in this process (mlp [8], 20 steps, no histograms): {wall:.1f} s, "
           f"{wall / runs * 1000:.0f} ms a run")
-    print(f"  driver RSS before the sweep, torch imported: {mib(start_rss)}")
+    print(f"  driver RSS before the sweep, libraries imported: {mib(start_rss)}")
     for n, rss in sorted(samples.items()):
         print(f"  after run {n:>4}: {mib(rss)}")
     first, last = min(k for k in samples if k >= 10), max(samples)
