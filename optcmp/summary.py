@@ -74,7 +74,7 @@ def aggregate(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
     params = param_columns(runs)
     metrics = metric_columns(runs)
     primary = primary or default_primary(runs)
-    if primary not in runs.columns:
+    if primary not in runs.columns and primary not in METRICS:  # a known metric no run reported (all failed): unranked
         allowed = ", ".join(metric_columns(runs))
         raise OptcmpError(f"summary.primary: unknown metric `{primary}`; allowed: {allowed}")
     rows = []
