@@ -52,6 +52,35 @@ def unsupported_option(name: str, options: dict[str, Any]) -> str | None:
     return None
 
 
+def invalid_value(family: str, options: dict[str, Any]) -> str | None:
+    """What `torch.optim.Adam`/`SGD`'s constructor would refuse in these resolved options (its
+    own message), or None. Lets a run be checked without building a torch.optim optimizer,
+    whose first construction costs a second of importing torch._dynamo."""
+    lr, wd = options["lr"], options.get("weight_decay", 0)
+    if not 0.0 <= lr:
+        return f"Invalid learning rate: {lr}"
+    if family == "adam":
+        eps, betas = options["eps"], options["betas"]
+        if not 0.0 <= eps:
+            return f"Invalid epsilon value: {eps}"
+        for i in (0, 1):
+            if not 0.0 <= betas[i] < 1.0:
+                return f"Invalid beta parameter at index {i}: {betas[i]}"
+        if not 0.0 <= wd:
+            return f"Invalid weight_decay value: {wd}"
+        if not all(isinstance(b, float) for b in betas):
+            return "betas must be either both floats or both Tensors"
+        return None
+    momentum = options.get("momentum", 0)
+    if momentum < 0.0:
+        return f"Invalid momentum value: {momentum}"
+    if wd < 0.0:
+        return f"Invalid weight_decay value: {wd}"
+    if options.get("nesterov") and (momentum <= 0 or options.get("dampening", 0) != 0):
+        return "Nesterov momentum requires a momentum and zero dampening"
+    return None
+
+
 @dataclass
 class Segment:
     """One optimizer parameter group: columns `start:stop` of the flat buffer, and each

@@ -43,6 +43,7 @@ app = typer.Typer(
 CONFIG_ARG = typer.Argument(..., help="The experiment's YAML config.", show_default=False)
 SET_OPT = typer.Option([], "--set", help="Override a config value: KEY=VALUE with a dotted key, e.g. optimizer.lr=1e-3.")
 SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e.g. optimizer.weight_decay=0.01,0.1.")
+ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can; sequential: one by one; vectorized: insist.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
 
 
@@ -69,11 +70,15 @@ def _summary_table(table, title: str):
 
 
 @app.command()
-def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT) -> None:
-    """List the runs a config expands to, with their parameter groups, without training."""
+def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
+         engine: str = ENGINE_OPT) -> None:
+    """List the runs a config expands to, their parameter groups, and which runs train
+    together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.runner import experiment_dir, preflight
+    from optcmp.runner import Execution, experiment_dir, preflight
+
+    Execution(engine)  # checks the value
 
     loaded, specs = _load(config, set_, sweep)
     preflight(loaded, specs)
@@ -86,6 +91,24 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
         table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(loaded, specs)
+    _print_units(specs, engine)
+
+
+def _print_units(specs, engine: str) -> None:
+    """How `run --engine ENGINE` trains the runs: vectorized groups, and runs on their own with the reason."""
+    from rich.markup import escape
+
+    from optcmp.runner import plan_units
+
+    if engine == "sequential":
+        console.print(f"engine sequential: {len(specs)} runs one by one", highlight=False)
+        return
+    from optcmp.vectorized import describe_units
+
+    units = plan_units(specs, engine)
+    console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}", highlight=False)
+    for line in describe_units(units):
+        console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
 
 
 def _print_groups(loaded, specs) -> None:
@@ -123,7 +146,7 @@ def run(
     out: Path = OUT_OPT,
     set_: list[str] = SET_OPT,
     sweep: list[str] = SWEEP_OPT,
-    engine: str = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can; sequential: one by one; vectorized: insist."),
+    engine: str = ENGINE_OPT,
     jobs: int = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per run, the same under --jobs and Ray (the thread count can change the last bits of some results; --jobs cannot)."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster; see --address)."),

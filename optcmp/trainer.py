@@ -93,14 +93,10 @@ def layer_of(param_name: str) -> str:
 def weight_scalars(named: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
     """Global and per-layer L2 weight norms, computed in one batched call."""
     norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
-    return norm_scalars([name for name, _ in named], (norms.double() ** 2).tolist())
-
-
-def norm_scalars(names: list[str], squares: list[float]) -> dict[str, float]:
-    """`weight_norm` and `weight_norm/<layer>` from each parameter tensor's squared L2 norm."""
-    out = {"weight_norm": math.sqrt(sum(squares))}
+    sq = (norms.double() ** 2).tolist()
+    out = {"weight_norm": math.sqrt(sum(sq))}
     per_layer: dict[str, float] = {}
-    for name, s in zip(names, squares):
+    for (name, _), s in zip(named, sq):
         per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + s
     out.update({f"weight_norm/{k}": math.sqrt(v) for k, v in per_layer.items()})
     return out

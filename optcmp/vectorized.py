@@ -23,26 +23,29 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from optcmp.batched_model import StackedModel, member_losses, unsupported_layer
-from optcmp.batched_optim import STRUCTURAL, BatchedOptimizer, Segment, family_of, unsupported_option
+from optcmp.batched_optim import STRUCTURAL, BatchedOptimizer, Segment, family_of, invalid_value, unsupported_option
+from optcmp.config import OptimizerConfig
 from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.models import build_model
-from optcmp.optimizers import group_names, resolved_kwargs
+from optcmp.optimizers import group_names, optimizer_class, param_groups, resolved_kwargs
 from optcmp.sweep import RunSpec
 from optcmp.tblog import log_histograms
 from optcmp.trainer import (
-    Diverged, Progress, _check, base_result, final_weight_stats, finish_run, histogram_tensors, loss_function,
-    norm_scalars, open_logger, prepare_run_dir, resolve_device, save_weights,
+    Diverged, Progress, _check, base_result, final_weight_stats, finish_run, histogram_tensors, layer_of,
+    loss_function, open_logger, prepare_run_dir, resolve_device, save_weights,
 )
 
 MAX_MEMBERS = 512  # members per chunk at most: beyond this a step is arithmetic-bound anyway
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one chunk may use
+IO_THREADS = 16  # threads writing run folders at the start and end of a chunk
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
 # Keys of the optimizer section that may differ between the members of a group.
 PER_MEMBER_KEYS = ("name", "lr", "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov",
@@ -69,6 +72,22 @@ def why_not(spec: RunSpec) -> str | None:
     for i, group in enumerate(cfg.optimizer.groups):
         reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"})
     return reason
+
+
+def check_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> bool:
+    """Check the optimizer section as `optimizers.build_optimizer` does (arguments against
+    the signature, parameter-group patterns, the constructor's value checks), without
+    building a torch.optim optimizer. Returns False when only building one can tell
+    (an optimizer or option this engine does not batch); raises ConfigError like it."""
+    options = resolved_kwargs(cfg)
+    if unsupported_option(cfg.name, options) or not isinstance(options.get("betas", ()), (list, tuple)) \
+            or len(options.get("betas", (0, 0))) != 2:
+        return False
+    param_groups(model, cfg)
+    problem = invalid_value(family_of(cfg.name), options)
+    if problem:
+        raise ConfigError("optimizer", f"`{optimizer_class(cfg.name).__name__}` refused its arguments: {problem}")
+    return True
 
 
 def group_key(spec: RunSpec) -> str:
@@ -175,6 +194,16 @@ def _chunks(unit: list[RunSpec], device: torch.device, base_dir: Path | None, ma
     return _pieces(unit, min(max_members, _memory_budget(device) // per_member))
 
 
+def _in_threads(fn: Callable, items) -> list:
+    """`[fn(x) for x in items]` on a few threads: writing run folders mostly waits on
+    fsync, which needs no core, so members' folders are written side by side."""
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(IO_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 class _Member:
     """One run of a group: its spec, folder, logger, result and running bests."""
 
@@ -216,7 +245,7 @@ class _Group:
     def run(self) -> list[dict[str, Any]]:
         start = time.perf_counter()
         try:
-            self.members = [_Member(i, s, self.exp_dir, self.device) for i, s in enumerate(self.specs)]
+            self.members = _in_threads(lambda i: _Member(i, self.specs[i], self.exp_dir, self.device), range(len(self.specs)))
             self._setup()
             self._train()
         except KeyboardInterrupt:
@@ -291,11 +320,16 @@ class _Group:
             segments.append(Segment(col, col + width, per_member, decoupled))
             col += width
         self.opt = BatchedOptimizer(family_of(cfg.optimizer.name), self.flat, segments)
-        # [P, T] 0/1 matrix: squared norms of every parameter tensor of every member in one matmul
-        tensor_of_col = torch.zeros(at, len(self.names), dtype=torch.float64)
-        for j, n in enumerate(self.names):
-            tensor_of_col[offsets[n]:offsets[n] + shapes[n].numel(), j] = 1
-        self.tensor_of_col = tensor_of_col.to(dev)
+        self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=dev)  # [M, groups]
+        # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
+        # 0/1 matrix sums the squared weights of everything, then of each layer
+        layers = list(dict.fromkeys(layer_of(n) for n in self.names))
+        self.norm_tags = ["weight_norm", *(f"weight_norm/{layer}" for layer in layers)]
+        norm_matrix = torch.zeros(at, 1 + len(layers), dtype=torch.float64)
+        norm_matrix[:, 0] = 1
+        for n in self.names:
+            norm_matrix[offsets[n]:offsets[n] + shapes[n].numel(), 1 + layers.index(layer_of(n))] = 1
+        self.norm_matrix = norm_matrix.to(dev)
 
     # --- training ---
 
@@ -390,43 +424,39 @@ class _Group:
 
     def _log_point(self, x: int, losses: torch.Tensor, grad_norm: torch.Tensor | None, before: torch.Tensor | None,
                    extra: dict[str, float]) -> float | None:
-        """Log the sequential trainer's scalars for every open member, computed for all of
-        them with a few batched ops and one transfer; return the median training loss."""
+        """Log the sequential trainer's scalars, with its tags in its order, for every open
+        member: computed for all of them by a few batched ops and one transfer. Returns
+        the median training loss."""
         open_members = self._open()
         if not open_members:
             return None
-        columns = [losses.double()]
-        has_val = self.data.x_val is not None
-        if has_val:
+        keys, columns = ["train/loss"], [losses.double().unsqueeze(1)]
+        if self.data.x_val is not None:
             val_loss, val_acc = self._evaluate("val")
-            columns += [val_loss.double()] + ([val_acc] if val_acc is not None else [])
+            keys.append("val/loss")
+            columns.append(val_loss.double().unsqueeze(1))
+            if val_acc is not None:
+                keys.append("val/accuracy")
+                columns.append(val_acc.unsqueeze(1))
+        keys += [f"lr/group{i}" for i in range(self.lrs.shape[1])]
+        columns.append(self.lrs)
         if grad_norm is not None:
-            columns.append(grad_norm)
+            keys.append("grad_norm")
+            columns.append(grad_norm.unsqueeze(1))
         flat64 = self.flat.double()
+        keys += self.norm_tags
+        columns.append((flat64.square() @ self.norm_matrix).sqrt())
         if before is not None:
             before64 = before.double()
             delta = (flat64 - before64).square().sum(1).sqrt()
-            columns.append(delta / before64.square().sum(1).sqrt().clamp_min(1e-12))
-        squares = flat64.square() @ self.tensor_of_col  # [M, tensors]
-        table = torch.cat([torch.stack(columns, 1), squares], 1).tolist()
-        lrs = self.opt.lrs()
+            keys.append("update_ratio")
+            columns.append((delta / before64.square().sum(1).sqrt().clamp_min(1e-12)).unsqueeze(1))
+        for key, value in extra.items():
+            keys.append(key)
+            columns.append(torch.full_like(self.lrs[:, :1], value))
+        table = torch.cat(columns, 1).tolist()
         for member in open_members:
-            m = member.index
-            row = iter(table[m])
-            values = {"train/loss": next(row)}
-            if has_val:
-                values["val/loss"] = next(row)
-                if self.task == "classification":
-                    values["val/accuracy"] = next(row)
-            values.update({f"lr/group{i}": lr for i, lr in enumerate(lrs[m])})
-            if grad_norm is not None:
-                values["grad_norm"] = next(row)
-            ratio = next(row) if before is not None else None
-            values.update(norm_scalars(self.names, list(row)))
-            if ratio is not None:
-                values["update_ratio"] = ratio
-            values.update(extra)
-            member.log(x, values)
+            member.log(x, dict(zip(keys, table[member.index])))
         return statistics.median(table[member.index][0] for member in open_members)
 
     def _histograms(self, step: int, grads: torch.Tensor) -> None:
@@ -451,6 +481,7 @@ class _Group:
             val_loss, val_acc = (t.tolist() if t is not None else None for t in self._evaluate("val"))
         threshold = self.config.train.diverge_threshold
         near_zero = self.config.summary.near_zero
+        finished = []
         for member in open_members:
             m = member.index
             try:
@@ -469,9 +500,15 @@ class _Group:
             named = [(n, self.views[n][m]) for n in self.names]
             metrics.update(final_weight_stats(named, near_zero))
             metrics.update({"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds if seconds > 0 else None})
-            save_weights(member.run_dir, named)
             member.result["metrics"] = metrics
+            finished.append((member, named))
+
+        def write(item: tuple[_Member, list]) -> None:
+            member, named = item
+            save_weights(member.run_dir, named)
             member.finish(seconds, status="ok")
+
+        _in_threads(write, finished)
 
 
 class _StackedData:

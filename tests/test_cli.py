@@ -76,7 +76,10 @@ def test_resolved_config_is_rerunnable(finished, tmp_path):
     assert again.exit_code == 0, again.output
     a = json.loads((exp / "adam-wd0.1-s1" / "result.json").read_text())["metrics"]
     b = json.loads((tmp_path / "again" / "again" / "adam-s1" / "result.json").read_text())["metrics"]
-    assert a["train_loss"] == b["train_loss"] and a["weight_norm"] == b["weight_norm"]
+    # the sweep trained its runs as one vectorized group, the rerun trains one run: equal
+    # up to the rounding of the other kernels
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+    assert b["weight_norm"] == pytest.approx(a["weight_norm"], rel=1e-6)
 
 
 def test_tensorboard_tags(finished):

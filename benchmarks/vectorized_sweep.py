@@ -1,0 +1,132 @@
+"""The 64-run weight-decay sweep through `optcmp run --engine vectorized`, against the
+hand-written loop in ../shared/baselines/handwritten_sweep.py, as whole processes.
+
+    python benchmarks/vectorized_sweep.py            # 64 runs × 1000 steps (~3 min with the checks)
+    python benchmarks/vectorized_sweep.py --quick    # 16 runs × 300 steps
+
+The sweep is the baseline's: Adam and AdamW × weight_decay [0 … 1.0] × 4 seeds, lr 0.01,
+the reference LayerNorm MLP, full batch; optcmp also logs scalars every 10 steps and
+histograms of every weight and gradient every 100 steps, and writes every run's folder,
+runs.csv and the summary. Both sides run with one torch thread (optcmp's default
+`--threads 1`): on a busy 2-core machine the baseline's default two OpenMP threads make it
+several times slower, which would flatter optcmp. Other work on the machine makes every
+figure noisy; the load average is printed, and each time is the median of a few runs.
+
+Then the same sweep runs with `--engine sequential`, and the worst relative difference
+between the engines is printed for the final train_loss and weight_norm of every run and
+for every parameter tensor in weights.npz (‖a − b‖ / ‖b‖).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ROOT.parent / "shared" / "baselines" / "handwritten_sweep.py"
+DECAYS = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+GOAL = 30.0
+
+CONFIG = """\
+name: sweep
+seeds: {seeds}
+device: cpu
+model: {{kind: mlp, hidden: [20, 20, 20, 20], norm: layernorm, activation: none}}
+data: {{kind: quadratic}}
+train: {{steps: {steps}, loss: mse}}
+optimizer: {{name: adam, lr: 0.01}}
+sweep:
+  optimizer.name: [adam, adamw]
+  optimizer.weight_decay: {decays}
+log: {{every: 10, histograms: {{every: 100}}}}
+"""
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds, done.stdout
+
+
+def optcmp_run(config: Path, out: Path, engine: str) -> tuple[float, str]:
+    return timed([sys.executable, "-m", "optcmp", "run", str(config), "--out", str(out), "--engine", engine, "--fresh"])
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def engine_differences(vec: Path, seq: Path) -> dict[str, float]:
+    """Worst relative difference per quantity over all runs; checks both engines ran."""
+    worst = {"train_loss": 0.0, "weight_norm": 0.0, "weights.npz": 0.0}
+    runs = sorted(p.name for p in vec.iterdir() if (p / "result.json").exists())
+    for run_id in runs:
+        a, b = (json.loads((d / run_id / "result.json").read_text()) for d in (vec, seq))
+        assert (a["engine"], b["engine"]) == ("vectorized", "sequential"), run_id
+        assert a["status"] == b["status"] == "ok", (run_id, a["status"], b["status"])
+        for key in ("train_loss", "weight_norm"):
+            worst[key] = max(worst[key], relative(a["metrics"][key], b["metrics"][key]))
+        wa, wb = np.load(vec / run_id / "weights.npz"), np.load(seq / run_id / "weights.npz")
+        worst["weights.npz"] = max(worst["weights.npz"], *(relative(wa[n], wb[n]) for n in wb.files))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="16 runs × 300 steps instead of 64 × 1000")
+    ap.add_argument("--repeats", type=int, default=3, help="optcmp runs to take the median of")
+    ap.add_argument("--baseline-repeats", type=int, default=1, help="baseline runs to take the median of")
+    ap.add_argument("--no-sequential", action="store_true", help="skip the engine comparison")
+    args = ap.parse_args()
+
+    seeds, steps, decays = (2, 300, [0.0, 0.01, 0.1, 1.0]) if args.quick else (4, 1000, DECAYS)
+    members = 2 * len(decays) * seeds
+    print(f"sweep: {members} runs (adam, adamw × {len(decays)} weight decays × {seeds} seeds), {steps} steps, "
+          f"scalars every 10 steps, histograms every 100; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
+        tmp = Path(tmp)
+        config = tmp / "sweep.yaml"
+        config.write_text(CONFIG.format(seeds=seeds, steps=steps, decays=decays))
+
+        times = []
+        for _ in range(args.repeats):
+            seconds, out = optcmp_run(config, tmp / "vectorized", "vectorized")
+            times.append(seconds)
+        ours = statistics.median(times)
+        summary_line = next((line for line in out.splitlines() if " runs: " in line), "").strip()
+        print(f"optcmp run --engine vectorized: {ours:.2f} s (median of {', '.join(f'{t:.2f}' for t in times)}); "
+              f"it says: {summary_line}")
+
+        cmd = [sys.executable, str(BASELINE), "--members", str(members), "--steps", str(steps)]
+        base_times = [timed(cmd, one_thread_env())[0] for _ in range(args.baseline_repeats)]
+        base = statistics.median(base_times)
+        print(f"baseline handwritten_sweep.py --members {members} --steps {steps}: {base:.2f} s "
+              f"(median of {', '.join(f'{t:.2f}' for t in base_times)}), one torch thread")
+        print(f"speed-up: {base / ours:.1f}× (goal {GOAL:.0f}×); load average now {os.getloadavg()[0]:.1f}")
+
+        if not args.no_sequential:
+            seconds, _ = optcmp_run(config, tmp / "sequential", "sequential")
+            print(f"optcmp run --engine sequential: {seconds:.2f} s")
+            worst = engine_differences(tmp / "vectorized" / "sweep", tmp / "sequential" / "sweep")
+            print("worst relative difference, vectorized vs sequential, over all runs: "
+                  + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+if __name__ == "__main__":
+    main()
