@@ -2,10 +2,11 @@
 
 M runs of one architecture (an `nn.Sequential` of Linear, LayerNorm and activation
 layers, or a bare Linear) become one stacked model: a Linear is a `baddbmm` over weights
-`[M, out, in]`, a LayerNorm normalizes without its affine part and then scales per member.
-The backward pass is written out with the same ATen kernels autograd would call
-(`native_layer_norm_backward`, `threshold_backward`, …), which skips the autograd graph:
-for models this small, a step costs what its kernel launches cost, so fewer is faster.
+`[M, out, in]`, a LayerNorm normalizes and then scales and shifts per member. The backward
+pass is written out — activations with the ATen kernels autograd would call
+(`threshold_backward`, `gelu_backward`, …) — which skips building an autograd graph: for
+models this small a step costs about what its kernel launches cost, so fewer is faster.
+Results equal nn.Module's up to rounding (other summation orders in some kernels).
 
 Each member's loss is its own mean over its own batch, and its gradients are those of its
 loss alone: members never mix.

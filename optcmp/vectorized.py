@@ -176,7 +176,6 @@ def member_bytes(spec: RunSpec, n_features: int, n_outputs: int, n_rows: int, ow
     """A generous estimate of one member's memory in a chunk: about ten copies of its
     parameters (weights, gradients, optimizer state, temporaries) and four of each
     layer's activations for `n_rows` samples, plus its data when it has its own."""
-    torch.manual_seed(spec.seed)
     model = build_model(spec.config.model, n_features, n_outputs)
     n_params = sum(p.numel() for p in model.parameters())
     widths = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -243,10 +242,20 @@ class _Group:
         self.members: list[_Member] = []
 
     def run(self) -> list[dict[str, Any]]:
+        from optcmp.trainer import execute
+
         start = time.perf_counter()
         try:
-            self.members = _in_threads(lambda i: _Member(i, self.specs[i], self.exp_dir, self.device), range(len(self.specs)))
             self._setup()
+        except OptcmpError:
+            raise
+        except Exception:  # noqa: BLE001 - models or data that do not stack, or do not build: each
+            # run then trains (or fails, with its own error.txt) in the sequential trainer
+            return [execute(s, self.exp_dir, self.base_dir, self.progress) for s in self.specs]
+        try:
+            self.members = _in_threads(lambda i: _Member(i, self.specs[i], self.exp_dir, self.device), range(len(self.specs)))
+            for member, own in zip(self.members, self.param_groups):
+                member.result["param_groups"] = own
             self._train()
         except KeyboardInterrupt:
             for m in self._open():
@@ -272,6 +281,7 @@ class _Group:
     # --- setup ---
 
     def _setup(self) -> None:
+        """Data, stacked parameters and optimizer, before any run folder is touched."""
         cfg, dev = self.config, self.device
         datas = [build_data(cfg.data, s.seed, self.base_dir) for s in self.specs]
         first = datas[0]
@@ -282,9 +292,8 @@ class _Group:
             torch.manual_seed(spec.seed)  # the seeding contract: right before the model is built
             models.append(build_model(cfg.model, first.n_features, first.n_outputs))
         template = models[0]
-        reason = unsupported_layer(template)
-        if reason:
-            raise RuntimeError(f"the vectorized engine cannot train this model: {reason}")
+        if unsupported_layer(template):
+            raise _CannotStack(unsupported_layer(template))
         groups = group_names(template, cfg.optimizer)
         shapes = dict((n, p.shape) for n, p in template.named_parameters())
         # The flat buffer holds the optimizer groups one after another, so that each group
@@ -307,9 +316,7 @@ class _Group:
         self.views = {n: self.flat[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
         self.model = StackedModel(template, self.views)
         self.grad_views = lambda g: {n: g[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
-        member_groups = [group_names(template, s.config.optimizer) for s in self.specs]
-        for member, own in zip(self.members, member_groups):
-            member.result["param_groups"] = own
+        self.param_groups = member_groups = [group_names(template, s.config.optimizer) for s in self.specs]
         segments, col = [], 0
         for i, g in enumerate(groups):
             width = sum(shapes[n].numel() for n in g["params"])
@@ -511,6 +518,10 @@ class _Group:
         _in_threads(write, finished)
 
 
+class _CannotStack(Exception):
+    """The group's models or data sets turn out not to stack: its runs train sequentially."""
+
+
 class _StackedData:
     """The members' data sets on the device: one copy when they are all equal (the
     quadratic data, or any data set that does not depend on the seed), else one per member."""
@@ -523,7 +534,7 @@ class _StackedData:
         for d in kept:
             if d.x_train.shape != first.x_train.shape or (d.x_val is None) != (first.x_val is None) or \
                     (d.x_val is not None and d.x_val.shape != first.x_val.shape):
-                raise RuntimeError("the members' data sets differ in size; they cannot be stacked")
+                raise _CannotStack("the members' data sets differ in size")
         def stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
             if tensors[0] is None:
                 return None

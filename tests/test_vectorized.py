@@ -324,6 +324,31 @@ def test_chunks_give_the_same_results(tmp_path):
         assert a["metrics"]["train_loss"] == b["metrics"]["train_loss"]
 
 
+def test_chunks_fit_the_memory_budget(tmp_path, monkeypatch):
+    from optcmp import vectorized
+
+    specs = specs_of(REFERENCE, FLOAT32_CASES["adam-adamw-mixed"])
+    per_member = vectorized.member_bytes(specs[0], 2, 1, 20, own_data=False)
+    monkeypatch.setattr(vectorized, "_memory_budget", lambda device: 2 * per_member)
+    assert [len(c) for c in vectorized._chunks(specs, torch.device("cpu"), None, 512)] == [2, 2, 2]
+    results = execute_group(specs, tmp_path)
+    assert [r["status"] for r in results] == ["ok"] * 6
+
+
+def sized_by_seed(seed: int):
+    """A data factory whose sample count depends on the seed: such data sets cannot stack."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(30 + seed, 3, generator=g), torch.randn(30 + seed, generator=g)
+
+
+def test_data_that_does_not_stack_trains_sequentially(tmp_path):
+    base = {**copy.deepcopy(REFERENCE), "data": {"kind": "tests.test_vectorized:sized_by_seed"},
+            "model": {"kind": "mlp", "hidden": [4], "norm": "none", "activation": "relu"}}
+    specs = specs_of(base, [{"name": "adam", "seed": 0}, {"name": "adam", "seed": 1}])
+    results = execute_group(specs, tmp_path)
+    assert [(r["status"], r["engine"]) for r in results] == [("ok", "sequential")] * 2
+
+
 def test_interrupt_marks_unfinished_members(tmp_path):
     specs = specs_of(REFERENCE, FLOAT32_CASES["adam-wd"])
 
