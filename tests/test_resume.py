@@ -40,6 +40,16 @@ def start(config: Path, out: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
 
+def wait_for_run_in_flight(proc: subprocess.Popen, exp: Path, timeout: float = 90) -> None:
+    """Until a run has started training (its events file exists) and has no result yet."""
+    deadline = time.monotonic() + timeout
+    while not any(not (d / "result.json").exists() and any(d.glob("events.out.tfevents.*"))
+                  for d in exp.iterdir() if d.is_dir()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"no run in flight within {timeout} s"
+        time.sleep(0.01)
+
+
 def wait_for_results(proc: subprocess.Popen, exp: Path, n: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while len(result_files(exp)) < n:
@@ -85,6 +95,7 @@ def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_pa
     config, exp = write_config(LONG), tmp_path / "long"
     proc = start(config, tmp_path, "--jobs", str(jobs))
     wait_for_results(proc, exp, 2)
+    wait_for_run_in_flight(proc, exp)  # a signal between two runs would interrupt none
     proc.send_signal(sig)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
