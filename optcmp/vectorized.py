@@ -313,9 +313,16 @@ class _Group:
         self.flat = flat.to(dev)
         self.layout = layout
         self.names = list(shapes)  # model order, as the sequential trainer logs and saves them
-        self.views = {n: self.flat[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
+        self.grads = torch.empty_like(self.flat)  # each step's gradients, laid out like the weights
+        views = lambda buf: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}  # noqa: E731
+        self.views = views(self.flat)
+        grad_views = views(self.grads)
         self.model = StackedModel(template, self.views)
-        self.grad_views = lambda g: {n: g[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}
+        # each member's weights and gradients by name (in model order), and the tensors it
+        # histograms: views into the stacked buffers, valid for the whole training
+        self.named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
+        self.histogram_tensors = [histogram_tensors(self.named[m], cfg, [grad_views[n][m] for n in self.names])
+                                  for m in range(M)]
         self.param_groups = member_groups = [group_names(template, s.config.optimizer) for s in self.specs]
         segments, col = [], 0
         for i, g in enumerate(groups):
@@ -353,7 +360,6 @@ class _Group:
         self.checked = 0  # first step not yet checked
         self.start = time.perf_counter()
         step = epoch = 0
-        grads = None
         while step < total and self._open():
             batches = [list(epoch_batches(n_train, bs, g)) for g in gens]
             epoch_sum = torch.zeros(len(members), dtype=torch.float64, device=self.device)
@@ -368,7 +374,7 @@ class _Group:
                 out, saved = self.model.forward(xb, keep=True)
                 losses, grad_out = member_losses(self.loss_fn, out, yb, self.task, grad=True)
                 named_grads = self.model.backward(saved, grad_out)
-                grads = torch.cat([named_grads[n].reshape(len(members), -1) for n in self.layout], 1)
+                grads = torch.cat([named_grads[n].reshape(len(members), -1) for n in self.layout], 1, out=self.grads)
                 self.pending.append(losses)
                 if by_epoch:
                     epoch_sum += losses.double() * yb.shape[1]
@@ -379,7 +385,7 @@ class _Group:
                     grad_norm = grads.double().square().sum(1).sqrt()
                     before = self.flat.clone()
                 if hist_step:
-                    self._histograms(step, grads)
+                    self._histograms(step)
                 self.opt.step(grads)
                 if log_step:
                     loss = self._log_point(step, losses, grad_norm, before, {})
@@ -394,7 +400,7 @@ class _Group:
                     if self.progress is not None and loss is not None:
                         self.progress(step, total, loss)
                 if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1):
-                    self._histograms(epoch, grads)
+                    self._histograms(epoch)
         self._check_divergence()
         self._finish(step)
 
@@ -466,15 +472,9 @@ class _Group:
             member.log(x, dict(zip(keys, table[member.index])))
         return statistics.median(table[member.index][0] for member in open_members)
 
-    def _histograms(self, step: int, grads: torch.Tensor) -> None:
+    def _histograms(self, step: int) -> None:
         """Every open member's weight and gradient histograms, summarized in one batch."""
-        grad_views = self.grad_views(grads)
-        runs = []
-        for member in self._open():
-            m = member.index
-            named = [(n, self.views[n][m]) for n in self.names]
-            runs.append((member.logger, histogram_tensors(named, self.config, [grad_views[n][m] for n in self.names])))
-        log_histograms(step, runs)
+        log_histograms(step, [(member.logger, self.histogram_tensors[member.index]) for member in self._open()])
 
     def _finish(self, steps: int) -> None:
         """Final metrics of every member still open, as `trainer.train` computes them."""
@@ -504,7 +504,7 @@ class _Group:
                 metrics["val_loss"], metrics["best_val_loss"] = val_loss[m], min(best["val/loss"], val_loss[m])
                 if val_acc is not None:
                     metrics["val_accuracy"], metrics["best_val_accuracy"] = val_acc[m], max(best["val/accuracy"], val_acc[m])
-            named = [(n, self.views[n][m]) for n in self.names]
+            named = self.named[m]
             metrics.update(final_weight_stats(named, near_zero))
             metrics.update({"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds if seconds > 0 else None})
             member.result["metrics"] = metrics
