@@ -9,7 +9,6 @@ together by the vectorized engine.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import shutil
@@ -129,26 +128,14 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
 # --- work units: the seam for the vectorized engine ------------------------------------
 
 
-def _vectorized_module():
-    """`optcmp.vectorized` when this version has it, else None."""
-    try:
-        return importlib.import_module("optcmp.vectorized")
-    except ModuleNotFoundError as e:
-        if e.name != "optcmp.vectorized":
-            raise
-        return None
-
-
 def plan_units(specs: list[RunSpec], engine: str = "auto") -> list[Unit]:
     """Partition runs into work units: `[spec]` for the sequential trainer, or a group that
     `vectorized.group_specs(specs)` found can train as one vectorized model."""
-    if engine != "sequential":
-        vectorized = _vectorized_module()
-        if vectorized is not None:
-            return vectorized.group_specs(specs)
-        if engine == "vectorized":
-            raise OptcmpError("--engine vectorized: this optcmp has no vectorized engine; use --engine sequential")
-    return [[spec] for spec in specs]
+    if engine == "sequential":
+        return [[spec] for spec in specs]
+    from optcmp import vectorized
+
+    return vectorized.group_specs(specs)
 
 
 def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=None) -> list[dict[str, Any]]:
@@ -158,7 +145,9 @@ def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=N
         from optcmp.trainer import execute
 
         return [execute(unit[0], exp_dir, base_dir, progress)]
-    return _vectorized_module().execute_group(unit, exp_dir, base_dir, progress=progress)
+    from optcmp import vectorized
+
+    return vectorized.execute_group(unit, exp_dir, base_dir, progress=progress)
 
 
 def stand_in(exp_dir: Path, spec: RunSpec, status: str, error: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -177,8 +176,10 @@ def test_work_units_reach_the_vectorized_engine_through_one_seam(write_config, t
         calls.append([s.run_id for s in specs])
         return [execute(s, exp_dir, base_dir) for s in specs]
 
-    fake = types.SimpleNamespace(group_specs=group_specs, execute_group=execute_group)
-    monkeypatch.setattr(runner, "_vectorized_module", lambda: fake)
+    from optcmp import vectorized
+
+    monkeypatch.setattr(vectorized, "group_specs", group_specs)
+    monkeypatch.setattr(vectorized, "execute_group", execute_group)
     specs = expand(load_config(write_config(SWEEP)).config)
     assert [[s.run_id for s in u] for u in plan_units(specs, "sequential")] == [[i] for i in IDS]
     result = CliRunner().invoke(app, ["run", str(write_config(SWEEP)), "--out", str(tmp_path)])
