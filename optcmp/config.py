@@ -24,6 +24,13 @@ ACTIVATIONS = ("none", "relu", "gelu", "tanh", "sigmoid", "silu", "elu", "leaky_
 LOSSES = ("auto", "mse", "l1", "smooth_l1", "huber", "cross_entropy", "nll", "bce_with_logits")
 
 
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    """`value` if it is one of `choices`, else a did-you-mean error listing them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} `{value}`{_did_you_mean(value, choices)}; allowed: {', '.join(choices)}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -46,9 +53,7 @@ class ModelConfig(_Strict):
     @field_validator("activation")
     @classmethod
     def _known_activation(cls, v: str) -> str:
-        if v not in ACTIVATIONS:
-            raise ValueError(f"unknown activation `{v}`{_did_you_mean(v, ACTIVATIONS)}; allowed: {', '.join(ACTIVATIONS)}")
-        return v
+        return _one_of(v, ACTIVATIONS, "activation")
 
 
 class DataConfig(_Strict):
@@ -85,9 +90,7 @@ class TrainConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss `{v}`{_did_you_mean(v, LOSSES)}; allowed: {', '.join(LOSSES)}")
-        return v
+        return _one_of(v, LOSSES, "loss")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> "TrainConfig":
