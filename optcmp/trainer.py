@@ -365,7 +365,7 @@ def finish_run(run_dir: Path, spec: RunSpec, logger: RunLogger | None, result: d
     if logger is not None:
         if result["status"] is not None:
             metrics = {f"final/{k}": v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
-            logger.hparams(hparams_of(spec, result["decay"]), metrics)
+            logger.hparams(hparams_of(spec, result["decay"]), metrics, status=result["status"])
         logger.close()
     result["metrics"].setdefault("seconds", seconds)
     if result["status"] is not None:
