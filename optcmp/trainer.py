@@ -90,16 +90,19 @@ def layer_of(param_name: str) -> str:
     return param_name.rpartition(".")[0] or param_name
 
 
-def weight_scalars(named: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """Global and per-layer L2 weight norms, computed in one batched call."""
-    norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
-    sq = (norms.double() ** 2).tolist()
-    out = {"weight_norm": math.sqrt(sum(sq))}
+def weight_scalars(names: list[str], squared: list[float]) -> dict[str, float]:
+    """Global and per-layer L2 weight norms from each parameter's squared norm."""
+    out = {"weight_norm": math.sqrt(sum(squared))}
     per_layer: dict[str, float] = {}
-    for (name, _), s in zip(named, sq):
-        per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + s
+    for name, sq in zip(names, squared):
+        per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + sq
     out.update({f"weight_norm/{k}": math.sqrt(v) for k, v in per_layer.items()})
     return out
+
+
+def squared_norms(tensors: list[torch.Tensor]) -> list[float]:
+    """Each tensor's squared L2 norm, in one batched call and one host sync."""
+    return (torch.stack(torch._foreach_norm(tensors)).double() ** 2).tolist() if tensors else []
 
 
 def final_weight_stats(named: list[tuple[str, torch.Tensor]], near_zero: float) -> dict[str, float]:
@@ -160,6 +163,8 @@ def train(
         record["param_groups"] = group_names(model, config.optimizer)
     named = [(n, p) for n, p in model.named_parameters()]
     params = [p for _, p in named]
+    names = [n for n, _ in named]
+    detached = [p.detach() for p in params]  # views of the live weights, made once
 
     n_train = len(data.x_train)
     bs = batch_size_of(config.data, n_train)
@@ -172,7 +177,8 @@ def train(
     threshold = config.train.diverge_threshold
     best = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
 
-    def log_point(x: int, loss: float, grads_norm: float | None, ratio: float | None, extra: dict) -> None:
+    def log_point(x: int, loss: float, grads_norm: float | None, ratio: float | None, extra: dict,
+                  weights_sq: list[float] | None = None) -> None:
         values = {"train/loss": loss}
         if data.x_val is not None:
             vl, va = evaluate(model, data.x_val, data.y_val, data.task, loss_fn)
@@ -182,7 +188,7 @@ def train(
         values.update({f"lr/group{i}": lr for i, lr in enumerate(lrs)})
         if grads_norm is not None:
             values["grad_norm"] = grads_norm
-        values.update(weight_scalars(named))
+        values.update(weight_scalars(names, weights_sq if weights_sq is not None else squared_norms(detached)))
         if ratio is not None:
             values["update_ratio"] = ratio
         values.update(extra)
@@ -219,17 +225,14 @@ def train(
 
             lrs = [float(g["lr"]) for g in opt.param_groups]
             if closure_opt:
-                before = [p.detach().clone() for p in params] if log_step else None
+                before = list(torch._foreach_mul(detached, 1.0)) if log_step else None
                 opt.step(closure)
             else:
                 closure()
-                before = [p.detach().clone() for p in params] if log_step else None
+                before = list(torch._foreach_mul(detached, 1.0)) if log_step else None  # copies
             loss = first[0].item()
             _check(loss, step, threshold)
-            grads_norm = None
-            if log_step:
-                grads = [p.grad for p in params if p.grad is not None]
-                grads_norm = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
+            grads = [p.grad for p in params if p.grad is not None] if log_step else []
             if hist_step:
                 logger.histograms(step, histogram_tensors(named, config))
             if not closure_opt:
@@ -239,10 +242,12 @@ def train(
             epoch_sum += loss * (len(yb))
             epoch_n += len(yb)
             if log_step:
-                delta = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before)))
-                base = torch.stack(torch._foreach_norm(before))
-                ratio = (delta.norm() / base.norm().clamp_min(1e-12)).item()
-                log_point(step, loss, grads_norm, ratio, {})
+                # grads, weights before and after, and the update: one batched norm, one sync
+                k, n = len(grads), len(params)
+                sq = squared_norms([*grads, *before, *torch._foreach_sub(detached, before), *detached])
+                grads_norm = math.sqrt(sum(sq[:k]))
+                ratio = math.sqrt(sum(sq[k + n:k + 2 * n])) / max(math.sqrt(sum(sq[k:k + n])), 1e-12)
+                log_point(step, loss, grads_norm, ratio, {}, weights_sq=sq[k + 2 * n:])
                 if progress is not None:
                     progress(step + 1, total, loss)
             step += 1

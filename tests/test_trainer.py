@@ -26,7 +26,8 @@ def reference_mlp() -> nn.Sequential:
     )
 
 
-def plain_regression(seed: int, steps: int, wd: float) -> tuple[list[float], dict[str, torch.Tensor]]:
+def plain_regression(seed: int, steps: int, wd: float):
+    """Per-step losses, final weights, and per-step (grad_norm, weight_norm, update_ratio)."""
     x1 = torch.arange(-10, 10).float()
     x2 = torch.arange(0, 20).float()
     x = torch.stack([x1, x2], dim=1)
@@ -34,14 +35,18 @@ def plain_regression(seed: int, steps: int, wd: float) -> tuple[list[float], dic
     torch.manual_seed(seed)
     model = reference_mlp()
     opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=wd)
-    losses = []
+    losses, extras = [], []
     for _ in range(steps):
         loss = nn.functional.mse_loss(model(x).squeeze(-1), y)
         loss.backward()
         losses.append(loss.item())
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+        before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
         opt.step()
         opt.zero_grad()
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        extras.append((grad_norm, after.norm().item(), ((after - before).norm() / before.norm()).item()))
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, extras
 
 
 def run_one(write_config, tmp_path, text: str):
@@ -65,12 +70,16 @@ log: {{every: 1, histograms: {{every: 0}}}}
 @pytest.mark.parametrize("seed,wd", [(0, 0.1), (3, 0.01)])
 def test_full_batch_run_reproduces_plain_script(write_config, tmp_path, seed, wd):
     steps = 150
-    losses, state = plain_regression(seed, steps, wd)
+    losses, state, extras = plain_regression(seed, steps, wd)
     result, run_dir = run_one(write_config, tmp_path, REGRESSION.format(seed=seed, steps=steps, wd=wd))
     assert result["status"] == "ok"
     logged = pd.read_csv(run_dir / "metrics.csv")
     assert logged["step"].tolist() == list(range(steps))
     np.testing.assert_allclose(logged["train/loss"].to_numpy(), losses, rtol=1e-6)
+    grad_norm, weight_norm, update_ratio = np.array(extras).T
+    np.testing.assert_allclose(logged["grad_norm"].to_numpy(), grad_norm, rtol=1e-5)
+    np.testing.assert_allclose(logged["weight_norm"].to_numpy(), weight_norm, rtol=1e-5)
+    np.testing.assert_allclose(logged["update_ratio"].to_numpy(), update_ratio, rtol=1e-4)
     weights = np.load(run_dir / "weights.npz")
     assert sorted(weights.files) == sorted(state)
     for name, tensor in state.items():
