@@ -342,15 +342,6 @@ def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
     cur[parts[-1]] = value
 
 
-def get_dotted(data: dict, key: str) -> Any:
-    cur: Any = data
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def _split_override(text: str, option: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()

@@ -125,6 +125,39 @@ def histogram_tensors(named, config: ExperimentConfig, grads: list[torch.Tensor 
     return out
 
 
+class Bests:
+    """Running bests of the logged losses and accuracy, for the `best_*` metrics."""
+
+    def __init__(self) -> None:
+        self.values = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
+
+    def update(self, logged: dict[str, float]) -> None:
+        for tag, current in self.values.items():
+            if tag in logged:
+                better = max if tag.endswith("accuracy") else min
+                self.values[tag] = better(current, logged[tag])
+
+    def __getitem__(self, tag: str) -> float:
+        return self.values[tag]
+
+
+def final_metrics(best: Bests, train: tuple[float, float | None], val: tuple[float, float | None] | None,
+                  named: list[tuple[str, torch.Tensor]], near_zero: float, steps: int, seconds: float) -> dict[str, Any]:
+    """result.json's metrics from the final (loss, accuracy) on train and validation data."""
+    train_loss, train_acc = train
+    metrics: dict[str, Any] = {"train_loss": train_loss, "best_train_loss": min(best["train/loss"], train_loss)}
+    if train_acc is not None:
+        metrics["train_accuracy"] = train_acc
+    if val is not None:
+        vl, va = val
+        metrics["val_loss"], metrics["best_val_loss"] = vl, min(best["val/loss"], vl)
+        if va is not None:
+            metrics["val_accuracy"], metrics["best_val_accuracy"] = va, max(best["val/accuracy"], va)
+    metrics.update(final_weight_stats(named, near_zero))
+    metrics.update({"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds if seconds > 0 else None})
+    return metrics
+
+
 class Diverged(Exception):
     def __init__(self, step: int, loss: float) -> None:
         super().__init__(f"loss {loss} at step {step}")
@@ -175,7 +208,7 @@ def train(
     closure_opt = needs_closure(opt)
     gen = shuffle_generator(spec.seed, device if device.type == "cuda" else "cpu")
     threshold = config.train.diverge_threshold
-    best = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
+    best = Bests()
 
     def log_point(x: int, loss: float, grads_norm: float | None, ratio: float | None, extra: dict,
                   weights_sq: list[float] | None = None) -> None:
@@ -192,10 +225,7 @@ def train(
         if ratio is not None:
             values["update_ratio"] = ratio
         values.update(extra)
-        for tag in best:
-            if tag in values:
-                better = max if tag.endswith("accuracy") else min
-                best[tag] = better(best[tag], values[tag])
+        best.update(values)
         logger.scalars(x, values)
 
     step = 0
@@ -269,18 +299,10 @@ def train(
                 logger.histograms(epoch, histogram_tensors(named, config))
     seconds = time.perf_counter() - start
 
-    train_loss, train_acc = evaluate(model, data.x_train, data.y_train, data.task, loss_fn)
-    _check(train_loss, step, threshold)
-    metrics: dict[str, Any] = {"train_loss": train_loss, "best_train_loss": min(best["train/loss"], train_loss)}
-    if train_acc is not None:
-        metrics["train_accuracy"] = train_acc
-    if data.x_val is not None:
-        vl, va = evaluate(model, data.x_val, data.y_val, data.task, loss_fn)
-        metrics["val_loss"], metrics["best_val_loss"] = vl, min(best["val/loss"], vl)
-        if va is not None:
-            metrics["val_accuracy"], metrics["best_val_accuracy"] = va, max(best["val/accuracy"], va)
-    metrics.update(final_weight_stats(named, config.summary.near_zero))
-    metrics.update({"steps": step, "seconds": seconds, "steps_per_second": step / seconds if seconds > 0 else None})
+    train = evaluate(model, data.x_train, data.y_train, data.task, loss_fn)
+    _check(train[0], step, threshold)
+    val = evaluate(model, data.x_val, data.y_val, data.task, loss_fn) if data.x_val is not None else None
+    metrics = final_metrics(best, train, val, named, config.summary.near_zero, step, seconds)
     save_weights(run_dir, named)
     return metrics
 

@@ -39,7 +39,7 @@ from optcmp.optimizers import group_names, optimizer_class, param_groups, resolv
 from optcmp.sweep import RunSpec
 from optcmp.tblog import log_histograms
 from optcmp.trainer import (
-    Diverged, Progress, _check, base_result, final_weight_stats, finish_run, histogram_tensors, layer_of,
+    Bests, Diverged, Progress, _check, base_result, final_metrics, finish_run, histogram_tensors, layer_of,
     loss_function, open_logger, prepare_run_dir, resolve_device, save_weights,
 )
 
@@ -215,14 +215,11 @@ class _Member:
         self.result["device"] = str(device)
         yaml_text = prepare_run_dir(self.run_dir, spec)
         self.logger = open_logger(self.run_dir, spec, yaml_text)
-        self.best = {"train/loss": math.inf, "val/loss": math.inf, "val/accuracy": -math.inf}
+        self.best = Bests()
         self.done = False
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        for tag in self.best:
-            if tag in values:
-                better = max if tag.endswith("accuracy") else min
-                self.best[tag] = better(self.best[tag], values[tag])
+        self.best.update(values)
         self.logger.scalars(step, values)
 
     def finish(self, seconds: float, **fields: Any) -> None:
@@ -496,18 +493,10 @@ class _Group:
             except Diverged as stop:
                 member.finish(seconds, **stop.record())
                 continue
-            best = member.best
-            metrics: dict[str, Any] = {"train_loss": train_loss[m], "best_train_loss": min(best["train/loss"], train_loss[m])}
-            if train_acc is not None:
-                metrics["train_accuracy"] = train_acc[m]
-            if val_loss is not None:
-                metrics["val_loss"], metrics["best_val_loss"] = val_loss[m], min(best["val/loss"], val_loss[m])
-                if val_acc is not None:
-                    metrics["val_accuracy"], metrics["best_val_accuracy"] = val_acc[m], max(best["val/accuracy"], val_acc[m])
+            train = (train_loss[m], train_acc[m] if train_acc is not None else None)
+            val = None if val_loss is None else (val_loss[m], val_acc[m] if val_acc is not None else None)
             named = self.named[m]
-            metrics.update(final_weight_stats(named, near_zero))
-            metrics.update({"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds if seconds > 0 else None})
-            member.result["metrics"] = metrics
+            member.result["metrics"] = final_metrics(member.best, train, val, named, near_zero, steps, seconds)
             finished.append((member, named))
 
         def write(item: tuple[_Member, list]) -> None:
