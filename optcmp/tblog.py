@@ -10,10 +10,10 @@ buckets of 16 bytes, little disk.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import numbers
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +28,7 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from . import histograms as hist
+from .results import atomic_write_text
 from .tbevents import BatchJob, EventFileWriter, event_bytes
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
@@ -157,13 +158,11 @@ class RunLogger:
         self.close()
 
     def _write_csv(self) -> None:
-        path = self.run_dir / "metrics.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self._columns))
-            w.writeheader()
-            w.writerows(self._rows.values())
-        os.replace(tmp, path)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(self._columns), lineterminator="\n")
+        w.writeheader()
+        w.writerows(self._rows.values())
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
 
 def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> bytes:
