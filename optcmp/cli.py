@@ -60,12 +60,12 @@ def _summary_table(table, title: str):
 
     from optcmp.summary import display_table
 
-    shown = display_table(table)
+    columns, rows = display_table(table)
     out = Table(title=title, header_style="bold")
-    for col in shown.columns:
+    for col in columns:
         out.add_column(col, justify="right" if col not in ("config", "decay", "status") else "left")
-    for row in shown.itertuples(index=False):
-        out.add_row(*(str(v) for v in row))
+    for row in rows:
+        out.add_row(*row)
     return out
 
 
@@ -238,12 +238,12 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
 
 
 def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
-    from optcmp.summary import aggregate, read_runs
+    from optcmp.summary import aggregate, read_run_table
 
     results = outcome.results
     if results:
-        table = aggregate(read_runs(exp_dir), primary)
-        console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
+        table = aggregate(read_run_table(exp_dir), primary)
+        console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.primary}"))
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
@@ -287,7 +287,7 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
         results = sorted(results, key=lambda r: plan_ids.get(r["run_id"], len(plan_ids)))
     write_runs_csv(exp_dir, results)
     table = write_summary(exp_dir, primary)
-    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.attrs.get('primary')}"))
+    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.primary}"))
 
 
 def _plan_ids(exp_dir: Path) -> dict[str, int]:
@@ -372,8 +372,39 @@ def board(
 
 
 def main() -> None:
-    """Entry point of the `optcmp` console script."""
-    app()
+    """Entry point of the `optcmp` console script.
+
+    Once a command is done and everything it wrote is closed, the process ends at once
+    (`os._exit`) rather than tearing the interpreter down: with torch loaded, the teardown
+    alone costs about 0.2–0.4 s, a tenth of a small sweep. Only where nothing is left
+    behind: no other thread still running, no child process, no Ray."""
+    try:
+        app()
+    except SystemExit as e:
+        code = 0 if e.code is None else e.code
+    else:
+        code = 0
+    _exit_now(code)
+
+
+def _exit_now(code) -> None:
+    import os
+    import sys
+    import threading
+
+    if not isinstance(code, int) or "ray" in sys.modules:
+        sys.exit(code)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.active_children():
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ def _summary_html(directory: Path, runs: pd.DataFrame) -> str:
     try:
         if path.is_file():
             return f"<p>From <code>summary.csv</code>.</p>{_table_html(pd.read_csv(path))}"
-        return f"<p>Aggregated from <code>runs.csv</code>.</p>{_table_html(aggregate(runs))}"
+        return f"<p>Aggregated from <code>runs.csv</code>.</p>{_table_html(aggregate(runs).frame())}"
     except (OSError, ValueError) as e:  # a truncated or hand-edited summary.csv
         return f"<p>No summary: {html.escape(str(e))}</p>"
 

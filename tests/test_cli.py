@@ -163,3 +163,16 @@ def test_help_does_not_import_torch():
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "optcmp" in imported
     assert not imported & {"torch", "pandas", "numpy", "tensorboardX", "scipy"}
+
+
+def test_run_does_not_import_pandas(write_config, tmp_path):
+    """pandas costs every sweep a quarter of a second to import: `run` writes its summary without it."""
+    config = write_config()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optcmp", "run", str(config), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "torch" in imported and "pandas" not in imported
+    summary = json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())
+    assert [c["config_id"] for c in summary["configs"]] == ["adam"]
+    assert summary["configs"][0]["n"] == 1 and summary["configs"][0]["train_loss_std"] is None

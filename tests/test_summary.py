@@ -40,10 +40,10 @@ def test_single_value_has_no_spread():
 
 def test_aggregate_ranks_by_val_loss_and_counts_ok_runs():
     table = aggregate(RUNS)
-    assert table.attrs["primary"] == "val_loss"
-    assert table["config_id"].tolist() == ["a", "b"]
-    assert table["rank"].tolist() == [1, 2]
-    b = table.set_index("config_id").loc["b"]
+    assert table.primary == "val_loss"
+    assert table.column("config_id") == ["a", "b"]
+    assert table.column("rank") == [1, 2]
+    b = table.row("b")
     assert b["n"] == 2 and b["runs"] == 3 and b["status"] == "2 ok, 1 diverged"
     assert b["train_loss_mean"] == pytest.approx(0.42)
     assert b["train_loss_std"] == pytest.approx(np.std([0.40, 0.44], ddof=1))
@@ -53,8 +53,8 @@ def test_aggregate_ranks_by_val_loss_and_counts_ok_runs():
 
 
 def test_primary_metric_direction():
-    assert aggregate(RUNS, "train_loss")["config_id"].tolist() == ["b", "a"]
-    assert aggregate(RUNS, "val_accuracy")["config_id"].tolist() == ["a", "b"]
+    assert aggregate(RUNS, "train_loss").column("config_id") == ["b", "a"]
+    assert aggregate(RUNS, "val_accuracy").column("config_id") == ["a", "b"]
 
 
 def test_unknown_primary_is_a_user_error():
