@@ -1,7 +1,7 @@
 """A TensorBoard event file written by a background thread.
 
-The training thread only enqueues small jobs; the thread wakes a few times a second,
-encodes everything that queued up since, frames it as TFRecords with their checksums and
+The training thread only enqueues small jobs; one thread per process, shared by all
+open event files, wakes a few times a second, encodes everything that queued up since, frames it as TFRecords with their checksums and
 appends it to the file, so training never waits on encoding or on the disk. Waking rarely
 and encoding in batches also keeps the thread's share of the GIL small: the training thread
 needs the GIL back after every torch op.
@@ -11,6 +11,7 @@ tensorboardX's own `EventFileWriter` is not used: it ships every event through a
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import socket
@@ -61,6 +62,34 @@ def event_bytes(wall_time: float, step: int, summary: bytes) -> bytes:
     )
 
 
+_VALUE_PREFIXES: dict[str, bytes] = {}
+_FLOAT = struct.Struct("<f")
+
+
+def _value_prefix(tag: str) -> bytes:
+    """`Summary.value` {tag (1), simple_value (2)} up to the float's 4 bytes, cached per tag."""
+    prefix = _VALUE_PREFIXES.get(tag)
+    if prefix is None:
+        name = tag.encode()
+        value = b"\x0a" + varint(len(name)) + name + b"\x15"
+        prefix = _VALUE_PREFIXES[tag] = b"\x0a" + varint(len(value) + 4) + value
+    return prefix
+
+
+def _float32(value: float) -> bytes:
+    try:
+        return _FLOAT.pack(value)
+    except OverflowError:  # beyond float32: infinite, as protobuf stores it
+        return _FLOAT.pack(math.copysign(math.inf, value))
+
+
+def scalar_summary(items: Iterable[tuple[str, float]]) -> bytes:
+    """A serialized `Summary` of scalars (`simple_value`), one value per (tag, value): what
+    `Summary(value=[Summary.Value(tag=..., simple_value=...)])` serializes to, at a
+    fraction of the cost."""
+    return b"".join([_value_prefix(tag) + _float32(value) for tag, value in items])
+
+
 def frame(records: list[bytes]) -> bytes:
     """TFRecord framing of serialized events: length, its checksum, data, its checksum."""
     headers = [struct.pack("<Q", len(r)) for r in records]
@@ -77,27 +106,73 @@ def frame(records: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-class EventFileWriter:
-    """Appends events to a new `events.out.tfevents.*` file in `logdir` from a thread."""
+class _Pump:
+    """The process's one writer thread, shared by every open `EventFileWriter`: it wakes a
+    few times a second (or when poked) and drains each writer's queue. A sweep that trains
+    64 runs together has 64 event files open, and 64 threads waking on their own would
+    take the GIL from the training thread 64 times as often."""
 
-    def __init__(self, logdir: Path, *, interval: float = 0.25, flush_secs: float = 5.0) -> None:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._pid: int | None = None
+
+    def _start(self) -> None:
+        # Also after a fork: the child has the writers it inherited but not the thread.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._writers: list[EventFileWriter] = []
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="optcmp-events", daemon=True).start()
+
+    def add(self, writer: EventFileWriter) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        with self._lock:
+            self._writers.append(writer)
+
+    def remove(self, writer: EventFileWriter) -> None:
+        with self._lock:
+            if writer in self._writers:
+                self._writers.remove(writer)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        # A daemon thread, so a process that dies without closing its writers is not kept
+        # alive by it; their runs are redone in that case anyway.
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            with self._lock:
+                writers = list(self._writers)
+            for writer in writers:
+                writer._drain()
+
+
+_PUMP = _Pump(interval=0.25)
+
+
+class EventFileWriter:
+    """Appends events to a new `events.out.tfevents.*` file in `logdir`, from the shared
+    writer thread."""
+
+    def __init__(self, logdir: Path, *, flush_secs: float = 5.0) -> None:
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         # The same stem as TensorFlow and tensorboardX use, so every reader finds the file.
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = logdir / name
         self._file = open(self.path, "wb")
-        self._interval, self._flush_secs = interval, flush_secs
+        self._flush_secs = flush_secs
+        self._last_flush = time.monotonic()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()  # set by flush() and close(); otherwise the thread polls
+        self._done = threading.Event()  # set by the writer thread once the file is closed
         self._error: BaseException | None = None
         self._closed = False
         first = Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()
         self._file.write(frame([first]))
-        # A daemon thread, so a process that dies without close() is not kept alive by it;
-        # the run is redone in that case anyway.
-        self._thread = threading.Thread(target=self._run, name="optcmp-events", daemon=True)
-        self._thread.start()
+        _PUMP.add(self)
 
     def submit(self, job: Job) -> None:
         """Queue a job: a `BatchJob`, or a callable run on the thread that returns serialized `Event`s."""
@@ -109,53 +184,54 @@ class EventFileWriter:
         """Wait until everything submitted so far is on disk (e.g. for a live TensorBoard)."""
         done = threading.Event()
         self.submit(done)  # type: ignore[arg-type]  # set by the thread once written
-        self._wake.set()
+        _PUMP.poke()
         done.wait(timeout)
         self._raise_error()
 
     def close(self) -> None:
-        """Write what is queued, close the file and stop the thread. Idempotent."""
+        """Write what is queued, close the file. Idempotent."""
         if self._closed:
             return
         self._queue.put(_STOP)
-        self._wake.set()
         self._closed = True
-        self._thread.join()
+        _PUMP.poke()
+        self._done.wait()
         self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"writing {self.path} failed: {self._error!r}") from self._error
 
-    def _run(self) -> None:
-        last_flush = time.monotonic()
-        stop = False
-        while not stop:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            jobs = []
-            while True:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(job is _STOP for job in jobs)
-            waiters = [job for job in jobs if isinstance(job, threading.Event)]
-            jobs = [job for job in jobs if job is not _STOP and not isinstance(job, threading.Event)]
+    def _drain(self) -> None:
+        """On the writer thread: encode and append what is queued; close on a stop."""
+        jobs = []
+        while True:
             try:
-                if jobs and self._error is None:
-                    self._file.write(frame(_encode(jobs)))
-                if waiters or stop or time.monotonic() - last_flush > self._flush_secs:
-                    self._file.flush()
-                    last_flush = time.monotonic()
-            except BaseException as e:  # re-raised by flush()/close() on the caller's thread
-                self._error = self._error or e
-            for waiter in waiters:
-                waiter.set()
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not jobs:
+            return
+        stop = any(job is _STOP for job in jobs)
+        waiters = [job for job in jobs if isinstance(job, threading.Event)]
+        jobs = [job for job in jobs if job is not _STOP and not isinstance(job, threading.Event)]
         try:
-            self._file.close()
-        except BaseException as e:
+            if jobs and self._error is None:
+                self._file.write(frame(_encode(jobs)))
+            if waiters or stop or time.monotonic() - self._last_flush > self._flush_secs:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+        except BaseException as e:  # re-raised by flush()/close() on the caller's thread
             self._error = self._error or e
+        for waiter in waiters:
+            waiter.set()
+        if stop:
+            try:
+                self._file.close()
+            except BaseException as e:
+                self._error = self._error or e
+            _PUMP.remove(self)
+            self._done.set()
 
 
 def _encode(jobs: list[Job]) -> list[bytes]:

@@ -29,7 +29,7 @@ from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from . import histograms as hist
 from .results import atomic_write_text
-from .tbevents import BatchJob, EventFileWriter, event_bytes
+from .tbevents import BatchJob, EventFileWriter, event_bytes, scalar_summary
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
 # distribution's shape, and small on disk (16 bytes a bucket).
@@ -167,8 +167,7 @@ class RunLogger:
 
 def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> bytes:
     # All of a step's scalars share one event: fewer records, fewer checksums.
-    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in items]
-    return Event(wall_time=wall, step=step, summary=Summary(value=values)).SerializeToString()
+    return event_bytes(wall, step, scalar_summary(items))
 
 
 def log_histograms(step: int, runs: Sequence[tuple[RunLogger, Mapping[str, torch.Tensor]]]) -> None:
@@ -210,15 +209,16 @@ def _histogram_jobs(
     parts: list[list[hist.Pending]] = [[] for _ in runs]
     for entries in by_device.values():
         # A single run's small CPU batch is summarized later, with its other steps; several
-        # runs' tensors are summarized together now.
+        # runs' tensors are summarized together now. Entries are in run order.
         summary = hist.summarize([t for _, _, t in entries], bins, defer=len(runs) == 1)
+        mine: dict[int, list[str]] = {}
+        for run, tag, _ in entries:
+            mine.setdefault(run, []).append(tag)
         start = 0
-        for i in range(len(runs)):
-            mine = [tag for run, tag, _ in entries if run == i]
-            if mine:
-                tags[i] += mine
-                parts[i].append(summary if len(runs) == 1 else summary.rows(start, start + len(mine)))
-                start += len(mine)
+        for i, run_tags in mine.items():
+            tags[i] += run_tags
+            parts[i].append(summary if len(runs) == 1 else summary.rows(start, start + len(run_tags)))
+            start += len(run_tags)
     return [_HistogramJob(step, wall, tuple(t), p) if t else None for t, p in zip(tags, parts)]
 
 

@@ -312,3 +312,18 @@ def test_cuda_summary_equals_cpu_summary():
     np.testing.assert_allclose(on_gpu[:, hist.SUM : hist.N_STATS], on_cpu[:, hist.SUM : hist.N_STATS], rtol=1e-9)
     # Bucketing uses the same float32 arithmetic; allow a value on an edge to fall either side.
     assert np.abs(on_gpu[:, hist.N_STATS :] - on_cpu[:, hist.N_STATS :]).sum() <= 2
+
+
+def test_scalar_summary_bytes_equal_protobuf():
+    """The hand-framed scalar summary is byte for byte what protobuf serializes, including
+    long tags (two-byte lengths), values beyond float32, NaN and infinities."""
+    import math
+
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    from optcmp.tbevents import scalar_summary
+
+    items = [("train/loss", 3.25), ("weight_norm/0", 1e-30), ("x" * 200, -2.5), ("big", 1e39), ("small", -1e39),
+             ("nan", float("nan")), ("inf", -math.inf)]
+    expected = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in items]).SerializeToString()
+    assert scalar_summary(items) == expected
