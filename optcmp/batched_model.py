@@ -14,7 +14,6 @@ loss alone: members never mix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,33 +38,28 @@ ACTIVATIONS: dict[type, tuple[Callable, Callable]] = {
 }
 
 
-_MEAN_VECTORS: dict[tuple, torch.Tensor] = {}
+def _mean_column(width: int, like: torch.Tensor) -> torch.Tensor:
+    """A [width, 1] column of 1/width: `x @ column` is the mean over the last dimension
+    (kept), for short rows a third of the cost of `mean` (a sum, a division and a copy on
+    the CPU)."""
+    return torch.full((width, 1), 1.0 / width, dtype=like.dtype, device=like.device)
 
 
-def _row_mean(x: torch.Tensor) -> torch.Tensor:
-    """The mean over the last dimension (kept), as one matmul with a 1/n column: for short
-    rows a third of the cost of `mean`, which is a sum, a division and a copy on the CPU."""
-    key = (x.shape[-1], x.dtype, x.device)
-    column = _MEAN_VECTORS.get(key)
-    if column is None:
-        column = _MEAN_VECTORS[key] = torch.full((x.shape[-1], 1), 1.0 / x.shape[-1], dtype=x.dtype, device=x.device)
-    return x @ column
-
-
-def _layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_norm(x: torch.Tensor, eps: float, column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x − mean) / √(var + eps) over the last dimension, and 1/√(var + eps).
 
     Written out rather than `native_layer_norm`: for rows as short as a small MLP's (20),
     its per-row kernel costs more than these few ops over all rows at once."""
-    centered = x - _row_mean(x)
-    rstd = _row_mean(centered.square()).add_(eps).rsqrt_()
+    centered = x - x @ column
+    rstd = (centered.square() @ column).add_(eps).rsqrt_()
     return centered * rstd, rstd
 
 
-def _layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def _layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor,
+                         column: torch.Tensor) -> torch.Tensor:
     """The input gradient of `_layer_norm` for the gradient `grad` of its output:
     (g − mean(g) − normed · mean(g · normed)) / √(var + eps)."""
-    removed = torch.addcmul(_row_mean(grad), normed, _row_mean(grad * normed))
+    removed = torch.addcmul(grad @ column, normed, (grad * normed) @ column)
     return (grad - removed).mul_(rstd)
 
 
@@ -88,26 +82,32 @@ def unsupported_layer(model: nn.Module) -> str | None:
     return None
 
 
-@dataclass
-class _Layer:
-    module: nn.Module
-    prefix: str  # parameter name prefix: "3." in a Sequential, "" for a bare Linear
+_LINEAR, _NORM, _ACTIVATION = range(3)
 
 
 class StackedModel:
     """M copies of `template`'s architecture; `params[name]` is the `[M, *shape]` tensor of
-    parameter `name` (a view into the flat buffer the optimizer updates)."""
+    parameter `name` (a view into the flat buffer the optimizer updates, in place).
+
+    Every view a step needs (transposed weights, per-member scales as `[M, 1, n]`) is made
+    once here: at a millisecond a step, a few dozen Python-level view calls are measurable."""
 
     def __init__(self, template: nn.Module, params: dict[str, torch.Tensor]) -> None:
         self.params = params
         self.members = next(iter(params.values())).shape[0]
-        if isinstance(template, nn.Sequential):
-            self.layers = [_Layer(m, f"{i}.") for i, m in enumerate(template)]
-        else:
-            self.layers = [_Layer(template, "")]
-
-    def _p(self, layer: _Layer, name: str) -> torch.Tensor | None:
-        return self.params.get(layer.prefix + name)
+        prefixed = [(m, f"{i}.") for i, m in enumerate(template)] if isinstance(template, nn.Sequential) else [(template, "")]
+        self.layers: list[tuple] = []
+        for m, prefix in prefixed:
+            w, b = params.get(prefix + "weight"), params.get(prefix + "bias")
+            if isinstance(m, nn.Linear):
+                self.layers.append((_LINEAR, prefix, w, w.transpose(1, 2), None if b is None else b.unsqueeze(1), b is not None))
+            elif isinstance(m, nn.LayerNorm):
+                like = next(iter(params.values()))
+                self.layers.append((_NORM, prefix, m.eps, None if w is None else w.unsqueeze(1),
+                                    None if b is None else b.unsqueeze(1), _mean_column(m.normalized_shape[0], like)))
+            else:
+                forward, backward = ACTIVATIONS[type(m)]
+                self.layers.append((_ACTIVATION, prefix, m, forward, backward))
 
     def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, list]:
         """Outputs `[M, B, out]` for inputs `[M, B, in]` (or `[B, in]` shared by all members),
@@ -116,24 +116,23 @@ class StackedModel:
             x = x.expand(self.members, *x.shape)
         saved = []
         for layer in self.layers:
-            m = layer.module
-            if isinstance(m, nn.Linear):
-                w, b = self._p(layer, "weight"), self._p(layer, "bias")
-                y = torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            kind = layer[0]
+            if kind == _LINEAR:
+                _, _, _, w_t, b, _ = layer
+                y = torch.bmm(x, w_t) if b is None else torch.baddbmm(b, x, w_t)
                 if keep:
-                    saved.append((x,))
-            elif isinstance(m, nn.LayerNorm):
-                normed, rstd = _layer_norm(x, m.eps)
-                w, b = self._p(layer, "weight"), self._p(layer, "bias")
-                y = normed
+                    saved.append(x)
+            elif kind == _NORM:
+                _, _, eps, w, b, column = layer
+                normed, rstd = _layer_norm(x, eps, column)
                 if w is not None:
-                    y = torch.addcmul(b.unsqueeze(1), normed, w.unsqueeze(1)) if b is not None else normed * w.unsqueeze(1)
-                elif b is not None:
-                    y = normed + b.unsqueeze(1)
+                    y = torch.addcmul(b, normed, w) if b is not None else normed * w
+                else:
+                    y = normed + b if b is not None else normed
                 if keep:
                     saved.append((normed, rstd))
             else:
-                y = ACTIVATIONS[type(m)][0](x, m)
+                y = layer[3](x, layer[2])
                 if keep:
                     saved.append((x, y))
             x = y
@@ -145,28 +144,26 @@ class StackedModel:
         grads: dict[str, torch.Tensor] = {}
         for i in range(len(self.layers) - 1, -1, -1):
             layer, s = self.layers[i], saved[i]
-            m = layer.module
-            name = layer.prefix
-            if isinstance(m, nn.Linear):
-                (x,) = s
-                w = self._p(layer, "weight")
-                grads[name + "weight"] = torch.bmm(grad.transpose(1, 2), x)
-                if self._p(layer, "bias") is not None:
+            kind, name = layer[0], layer[1]
+            if kind == _LINEAR:
+                w, has_bias = layer[2], layer[5]
+                grads[name + "weight"] = torch.bmm(grad.transpose(1, 2), s)
+                if has_bias:
                     grads[name + "bias"] = grad.sum(1)
                 if i > 0:
                     grad = torch.bmm(grad, w)
-            elif isinstance(m, nn.LayerNorm):
+            elif kind == _NORM:
+                _, _, _, w, b, column = layer
                 normed, rstd = s
-                w, b = self._p(layer, "weight"), self._p(layer, "bias")
                 if w is not None:
                     grads[name + "weight"] = (grad * normed).sum(1)
                 if b is not None:
                     grads[name + "bias"] = grad.sum(1)
                 if i > 0:
-                    grad = _layer_norm_backward(grad * w.unsqueeze(1) if w is not None else grad, normed, rstd)
+                    grad = _layer_norm_backward(grad * w if w is not None else grad, normed, rstd, column)
             elif i > 0:
                 x, y = s
-                grad = ACTIVATIONS[type(m)][1](grad, x, y, m)
+                grad = layer[4](grad, x, y, layer[2])
         return grads
 
 

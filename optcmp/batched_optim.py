@@ -153,6 +153,9 @@ class BatchedOptimizer:
             self.momentum_buffer = zeros() if any(f["momentum"] for f in self._any) else None
         self._table_start = 0
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Scratch buffers for the update's temporaries: allocating [M, P] tensors every step
+        # costs page faults, as much as the arithmetic for small models.
+        self._scratch = [torch.empty_like(params) for _ in range(3)]
 
     def lrs(self) -> list[list[float]]:
         """Each member's learning rate of each parameter group, as logged (`lr/group<i>`)."""
@@ -191,28 +194,30 @@ class BatchedOptimizer:
     def _adam(self, i: int, cols: slice, grad: torch.Tensor) -> None:
         c, flags = self._cols[i], self._any[i]
         param, exp_avg, exp_avg_sq = self.params[:, cols], self.exp_avg[:, cols], self.exp_avg_sq[:, cols]
+        decayed, scaled, denom = (buf[:, cols] for buf in self._scratch)
         neg_step, bc2_sqrt = self._adam_row(i)
         if flags["decoupled"]:
             param.mul_(c["decay_factor"])  # param.mul_(1 - lr * weight_decay)
         if flags["coupled"]:
-            grad = torch.addcmul(grad, param, c["coupled_wd"])  # grad.add(param, alpha=weight_decay)
+            grad = torch.addcmul(grad, param, c["coupled_wd"], out=decayed)  # grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, c["one_minus_b1"])
         # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): the kernel computes
         # (value·grad)·grad, and so does this
-        exp_avg_sq.mul_(c["b2_col"]).addcmul_(grad * c["one_minus_b2"], grad)
+        exp_avg_sq.mul_(c["b2_col"]).addcmul_(torch.mul(grad, c["one_minus_b2"], out=scaled), grad)
         second = exp_avg_sq
         if flags["amsgrad"]:
             second = self.max_exp_avg_sq[:, cols]
             torch.maximum(second, exp_avg_sq, out=second)
-        denom = (second.sqrt() / bc2_sqrt).add_(c["eps"])
+        torch.sqrt(second, out=denom).div_(bc2_sqrt).add_(c["eps"])
         # param.addcdiv_(exp_avg, denom, value=-step_size): (value·exp_avg)/denom
-        param.addcdiv_(exp_avg * neg_step, denom)
+        param.addcdiv_(torch.mul(exp_avg, neg_step, out=scaled), denom)
 
     def _sgd(self, i: int, cols: slice, grad: torch.Tensor) -> None:
         c, flags = self._cols[i], self._any[i]
         param = self.params[:, cols]
+        decayed, nesterov = self._scratch[0][:, cols], self._scratch[1][:, cols]
         if flags["coupled"]:
-            grad = torch.addcmul(grad, param, c["coupled_wd"])
+            grad = torch.addcmul(grad, param, c["coupled_wd"], out=decayed)
         if flags["momentum"]:
             # A member without momentum gets buf = 0·buf + 1·grad = grad, which is what
             # torch.optim does for it without a buffer.
@@ -222,9 +227,9 @@ class BatchedOptimizer:
             else:
                 buf.mul_(c["momentum"]).addcmul_(grad, c["one_minus_damp"])
             if flags["nesterov_all"]:
-                grad = torch.addcmul(grad, buf, c["momentum"])
+                grad = torch.addcmul(grad, buf, c["momentum"], out=nesterov)
             elif flags["nesterov_any"]:
-                grad = torch.where(c["nesterov"], torch.addcmul(grad, buf, c["momentum"]), buf)
+                grad = torch.where(c["nesterov"], torch.addcmul(grad, buf, c["momentum"], out=nesterov), buf)
             else:
                 grad = buf
         param.addcmul_(grad, c["neg_lr"])  # param.add_(grad, alpha=-lr)
