@@ -44,6 +44,7 @@ CONFIG_ARG = typer.Argument(..., help="The experiment's YAML config.", show_defa
 SET_OPT = typer.Option([], "--set", help="Override a config value: KEY=VALUE with a dotted key, e.g. optimizer.lr=1e-3.")
 SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e.g. optimizer.weight_decay=0.01,0.1.")
 ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can; sequential: one by one; vectorized: insist.")
+JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
 
 
@@ -71,14 +72,14 @@ def _summary_table(table, title: str):
 
 @app.command()
 def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
-         engine: str = ENGINE_OPT) -> None:
+         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT) -> None:
     """List the runs a config expands to, their parameter groups, and which runs train
     together as one vectorized model, without training."""
     from rich.table import Table
 
     from optcmp.runner import Execution, experiment_dir, preflight
 
-    Execution(engine)  # checks the value
+    Execution(engine, jobs=jobs)  # checks the values
 
     loaded, specs = _load(config, set_, sweep)
     preflight(loaded, specs)
@@ -91,11 +92,12 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
         table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(loaded, specs)
-    _print_units(specs, engine)
+    _print_units(specs, engine, jobs)
 
 
-def _print_units(specs, engine: str) -> None:
-    """How `run --engine ENGINE` trains the runs: vectorized groups, and runs on their own with the reason."""
+def _print_units(specs, engine: str, jobs: int) -> None:
+    """How `run --engine ENGINE --jobs JOBS` trains the runs: vectorized groups (split across
+    processes), and runs on their own with the reason."""
     from rich.markup import escape
 
     from optcmp.runner import plan_units
@@ -105,8 +107,9 @@ def _print_units(specs, engine: str) -> None:
         return
     from optcmp.vectorized import describe_units
 
-    units = plan_units(specs, engine)
-    console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}", highlight=False)
+    units = plan_units(specs, engine, jobs)
+    where = f" on {jobs} processes" if jobs > 1 else ""
+    console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}", highlight=False)
     for line in describe_units(units):
         console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
 
@@ -147,7 +150,7 @@ def run(
     set_: list[str] = SET_OPT,
     sweep: list[str] = SWEEP_OPT,
     engine: str = ENGINE_OPT,
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel."),
+    jobs: int = JOBS_OPT,
     threads: int = typer.Option(1, "--threads", help="Torch threads per run, the same under --jobs and Ray (the thread count can change the last bits of some results; --jobs cannot)."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster; see --address)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use, e.g. auto or ray://head:10001; default: a local Ray instance."),
@@ -209,9 +212,10 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
 
     in_process = execution.executor == "local" and execution.jobs == 1
     where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
+    # Workers may be forked from this process: no display thread may hold a lock then.
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, transient=True,
+        TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
     )
     with progress:
         runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
@@ -233,6 +237,8 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
 
         def run_end(result):
             progress.advance(runs_task)
+            if not in_process:
+                progress.refresh()
 
         return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh)
 

@@ -136,9 +136,30 @@ def _work(unit: Unit, exp_dir: Path, base_dir: Path | None) -> list[dict[str, An
         _worker["busy"] = False
 
 
+def start_method(units: list[Unit], threads: int) -> str:
+    """How worker processes start: forked from this one where that is safe, else spawned.
+
+    A fork starts a worker in milliseconds with torch already imported; a spawned worker
+    imports it again (about a second of CPU each). Forking is safe when the workers run one
+    torch thread (an OpenMP pool the parent started does not survive a fork, and with one
+    thread none is entered) and no CUDA device is in play (CUDA cannot be used in a child
+    forked after the parent touched it)."""
+    import multiprocessing
+    import sys
+
+    if threads != 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "spawn"
+    if any(spec.config.device != "cpu" for unit in units for spec in unit):
+        return "spawn"
+    return "fork"
+
+
 class ProcessExecutor:
-    """`--jobs N`: N spawned processes (not forked: torch's threads do not survive a fork),
-    each with `threads` torch threads. Workers write their run folders themselves."""
+    """`--jobs N`: N worker processes (see `start_method`), each with `threads` torch
+    threads. Workers write their run folders themselves."""
 
     def __init__(self, exp_dir: Path, base_dir: Path | None, threads: int, jobs: int) -> None:
         self.exp_dir, self.base_dir, self.threads, self.jobs = exp_dir, base_dir, threads, jobs
@@ -149,7 +170,7 @@ class ProcessExecutor:
         import multiprocessing
 
         self._pool = ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(units)), mp_context=multiprocessing.get_context("spawn"),
+            max_workers=min(self.jobs, len(units)), mp_context=multiprocessing.get_context(start_method(units, self.threads)),
             initializer=_init_worker, initargs=(self.threads,),
         )
         self._futures = {self._pool.submit(_work, unit, self.exp_dir, self.base_dir): unit for unit in units}

@@ -128,14 +128,15 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
 # --- work units: the seam for the vectorized engine ------------------------------------
 
 
-def plan_units(specs: list[RunSpec], engine: str = "auto") -> list[Unit]:
+def plan_units(specs: list[RunSpec], engine: str = "auto", jobs: int = 1) -> list[Unit]:
     """Partition runs into work units: `[spec]` for the sequential trainer, or a group that
-    `vectorized.group_specs(specs)` found can train as one vectorized model."""
+    `vectorized.group_specs(specs)` found can train as one vectorized model (split in up to
+    `jobs` pieces, one per local process)."""
     if engine == "sequential":
         return [[spec] for spec in specs]
     from optcmp import vectorized
 
-    return vectorized.group_specs(specs)
+    return vectorized.group_specs(specs, parts=jobs)
 
 
 def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=None) -> list[dict[str, Any]]:
@@ -282,7 +283,7 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
             if summary:
                 write_summary(exp_dir, loaded.config.summary.primary)
 
-        units = plan_units(todo, execution.engine)
+        units = plan_units(todo, execution.engine, execution.jobs if execution.executor == "local" else 1)
         start = time.perf_counter()
         executor = make_executor(execution, exp_dir, loaded.base_dir, events) if units else None
         try:

@@ -44,6 +44,7 @@ from optcmp.trainer import (
 )
 
 MAX_MEMBERS = 512  # members per chunk at most: beyond this a step is arithmetic-bound anyway
+MIN_SPLIT = 8  # members per piece at least when --jobs splits a group across processes
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one chunk may use
 IO_THREADS = 16  # threads writing run folders at the start and end of a chunk
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
@@ -103,15 +104,24 @@ def group_key(spec: RunSpec) -> str:
     return json.dumps([config, family, structural, optimizer.get("no_decay"), groups], sort_keys=True, default=str)
 
 
-def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS) -> list[list[RunSpec]]:
+def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS, parts: int = 1) -> list[list[RunSpec]]:
     """Partition runs into work units in plan order: each vectorizable group (cut into
     pieces of at most `max_members`), and every other run on its own. A unit of one run
-    trains sequentially."""
+    trains sequentially.
+
+    With `parts` > 1 (`--jobs`), a group is also cut into up to `parts` pieces of at least
+    `MIN_SPLIT` members, so that that many processes train it side by side."""
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
         key = spec.run_id if why_not(spec) else group_key(spec)
         groups.setdefault(key, []).append(spec)
-    units = [piece for members in groups.values() for piece in _pieces(members, max_members)]
+    units = []
+    for members in groups.values():
+        size = max_members
+        split = min(parts, len(members) // MIN_SPLIT)
+        if split > 1:
+            size = min(size, math.ceil(len(members) / split))
+        units += _pieces(members, size)
     order = {s.run_id: i for i, s in enumerate(specs)}
     return sorted(units, key=lambda unit: order[unit[0].run_id])
 

@@ -72,6 +72,67 @@ def test_jobs_2_gives_the_numbers_of_jobs_1(reference, tmp_path):
     assert pd.read_csv(tmp_path / "sweep" / "runs.csv")["run_id"].tolist() == IDS  # plan order, not finishing order
 
 
+GROUP = """\
+name: group
+seeds: 4
+device: cpu
+model: {kind: mlp, hidden: [8, 8], norm: layernorm, activation: none}
+data: {kind: quadratic}
+train: {steps: 30}
+optimizer: {name: adam, lr: 0.01}
+sweep: {optimizer.name: [adam, adamw], optimizer.weight_decay: [0.0, 0.1]}
+log: {every: 10, histograms: {every: 10}}
+"""
+
+
+def test_jobs_2_splits_a_vectorized_group_across_forked_workers(write_config, tmp_path):
+    """16 runs of one group train as two pieces of 8 in two forked processes, with the very
+    numbers (scalars, metrics, weights) of the whole group in this process."""
+    from optcmp.config import load_config
+    from optcmp.executors import start_method
+    from optcmp.runner import plan_units
+    from optcmp.sweep import expand
+
+    config = write_config(GROUP)
+    specs = expand(load_config(config).config)
+    assert [len(u) for u in plan_units(specs, "auto", jobs=2)] == [8, 8]
+    assert start_method(plan_units(specs, "auto", jobs=2), threads=1) == "fork"
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    shown = CliRunner().invoke(app, ["plan", str(config), "--jobs", "2"]).output
+    assert "engine auto: 2 work units on 2 processes" in shown
+    assert "vectorized group of 8: adam-wd0-s0, adam-wd0-s1, adam-wd0-s2, … adam-wd0.1-s3" in shown
+    for name, extra in (("one", []), ("two", ["--jobs", 2])):
+        result = run(config, tmp_path / name, "--engine", "vectorized", *extra)  # the last --engine counts
+        assert result.exit_code == 0, result.output
+    ids = [s.run_id for s in specs]
+    one, two = (tmp_path / name / "group" for name in ("one", "two"))
+    for run_id in ids:
+        a, b = (json.loads((d / run_id / "result.json").read_text()) for d in (one, two))
+        assert a["engine"] == b["engine"] == "vectorized"
+        assert {k: v for k, v in a["metrics"].items() if k not in TIMING} == \
+            {k: v for k, v in b["metrics"].items() if k not in TIMING}
+        assert (one / run_id / "metrics.csv").read_bytes() == (two / run_id / "metrics.csv").read_bytes()
+        wa, wb = np.load(one / run_id / "weights.npz"), np.load(two / run_id / "weights.npz")
+        for name in wa.files:
+            np.testing.assert_array_equal(wa[name], wb[name])
+    assert pd.read_csv(two / "runs.csv")["run_id"].tolist() == ids
+
+
+def test_workers_are_forked_only_where_that_is_safe(write_config):
+    from optcmp.config import load_config
+    from optcmp.executors import start_method
+    from optcmp.sweep import expand
+
+    cpu = [expand(load_config(write_config(GROUP)).config)]
+    assert start_method(cpu, threads=1) == "fork"
+    assert start_method(cpu, threads=2) == "spawn"  # an OpenMP pool does not survive a fork
+    auto = [expand(load_config(write_config(GROUP.replace("device: cpu", "device: auto"))).config)]
+    assert start_method(auto, threads=1) == "spawn"  # may be CUDA
+
+
 @pytest.mark.slow
 def test_a_dead_worker_process_fails_its_runs_not_the_sweep(write_config, tmp_path):
     config = write_config("""\

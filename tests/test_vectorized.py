@@ -384,6 +384,26 @@ sweep:
     assert lines[0].startswith("vectorized group of 4: adam-s0, adam-s1, adamw-s0")
     assert "rmsprop" in lines[1] and "no batched update" in lines[1]
     assert [len(u) for u in group_specs(specs, max_members=3)] == [2, 2, 1, 1]
+    assert [len(u) for u in group_specs(specs, parts=2)] == [4, 1, 1]  # too few members to split
+
+
+def test_jobs_split_a_group_into_pieces_of_at_least_min_split(write_config):
+    text = """\
+name: split
+seeds: 5
+device: cpu
+data: {kind: quadratic}
+train: {steps: 10}
+optimizer: {name: adam}
+sweep: {optimizer.name: [adam, adamw], optimizer.weight_decay: [0.0, 0.1]}
+"""
+    specs = expand(load_config(write_config(text)).config)  # one group of 20
+    assert [len(u) for u in group_specs(specs)] == [20]
+    assert [len(u) for u in group_specs(specs, parts=2)] == [10, 10]
+    assert [len(u) for u in group_specs(specs, parts=4)] == [10, 10]  # at least MIN_SPLIT = 8 each
+    assert [len(u) for u in group_specs(specs, max_members=6, parts=2)] == [5, 5, 5, 5]
+    pieces = group_specs(specs, parts=2)
+    assert [s.run_id for u in pieces for s in u] == [s.run_id for s in specs]  # plan order kept
 
 
 def test_structural_options_split_groups(write_config):
