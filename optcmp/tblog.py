@@ -29,7 +29,7 @@ from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from . import histograms as hist
 from .results import atomic_write_text
-from .tbevents import BatchJob, EventFileWriter, event_bytes, scalar_summary
+from .tbevents import BatchJob, EventFileWriter, event_bytes, scalar_summaries, scalar_summary
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
 # distribution's shape, and small on disk (16 bytes a bucket).
@@ -70,6 +70,7 @@ class RunLogger:
         self._start_time = time.time()
         self._rows: dict[int, dict[str, float]] = {}  # step -> row, in the order first logged
         self._columns: dict[str, None] = {"step": None}
+        self._tag_sets: set[tuple[str, ...]] = set()  # tag tuples already in _columns
         self._last_step = 0
         self._closed = False
 
@@ -83,14 +84,21 @@ class RunLogger:
 
         Several calls for one step (e.g. training, then validation values) fill one row.
         """
-        items = [(tag, float(value)) for tag, value in values.items()]
-        row = self._rows.setdefault(step, {"step": step})
-        for tag, value in items:
-            row[tag] = value
-            self._columns.setdefault(tag)
+        self.scalar_row(step, tuple(values), [float(v) for v in values.values()])
+
+    def scalar_row(self, step: int, tags: tuple[str, ...], values: Sequence[float]) -> None:
+        """`scalars` with the tags and the (float) values apart: engines that log the same
+        tags for many runs pass one tags tuple to all of them, and the events of all steps
+        queued with those tags are encoded in one batch."""
+        row = self._rows.get(step)
+        if row is None:
+            row = self._rows[step] = {"step": step}
+        row.update(zip(tags, values))
+        if tags not in self._tag_sets:
+            self._tag_sets.add(tags)
+            self._columns.update(dict.fromkeys(tags))
         self._last_step = max(self._last_step, step)
-        wall = time.time()
-        self._events.submit(lambda: [_scalar_event(step, wall, items)])
+        self._events.submit(_ScalarJob(step, time.time(), tags, values))
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Log one histogram per tensor at `step`; tags are the mapping's keys.
@@ -168,6 +176,21 @@ class RunLogger:
 def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> bytes:
     # All of a step's scalars share one event: fewer records, fewer checksums.
     return event_bytes(wall, step, scalar_summary(items))
+
+
+class _ScalarJob(BatchJob):
+    """One step's scalars; queued steps with the same tags are encoded in one go."""
+
+    def __init__(self, step: int, wall: float, tags: tuple[str, ...], values: Sequence[float]) -> None:
+        self.step, self.wall, self.tags, self.values = step, wall, tags, values
+
+    def batch_key(self):
+        return self.tags
+
+    @classmethod
+    def encode_batch(cls, jobs: list[_ScalarJob]) -> list[bytes]:
+        return [event_bytes(job.wall, job.step, summary)
+                for job, summary in zip(jobs, scalar_summaries(jobs[0].tags, [job.values for job in jobs]))]
 
 
 def log_histograms(step: int, runs: Sequence[tuple[RunLogger, Mapping[str, torch.Tensor]]]) -> None:

@@ -228,9 +228,9 @@ class _Member:
         self.best = Bests()
         self.done = False
 
-    def log(self, step: int, values: dict[str, float]) -> None:
-        self.best.update(values)
-        self.logger.scalars(step, values)
+    def log(self, step: int, tags: tuple[str, ...], values: list[float]) -> None:
+        self.best.update(dict(zip(tags, values)))
+        self.logger.scalar_row(step, tags, values)
 
     def finish(self, seconds: float, **fields: Any) -> None:
         """Record the outcome (`status` and any other result fields) and write the folder."""
@@ -475,8 +475,9 @@ class _Group:
             keys.append(key)
             columns.append(torch.full_like(self.lrs[:, :1], value))
         table = torch.cat(columns, 1).tolist()
+        tags = tuple(keys)
         for member in open_members:
-            member.log(x, dict(zip(keys, table[member.index])))
+            member.log(x, tags, table[member.index])
         return statistics.median(table[member.index][0] for member in open_members)
 
     def _histograms(self, step: int) -> None:

@@ -321,9 +321,15 @@ def test_scalar_summary_bytes_equal_protobuf():
 
     from tensorboardX.proto.summary_pb2 import Summary
 
-    from optcmp.tbevents import scalar_summary
+    from optcmp.tbevents import scalar_summaries, scalar_summary
 
     items = [("train/loss", 3.25), ("weight_norm/0", 1e-30), ("x" * 200, -2.5), ("big", 1e39), ("small", -1e39),
              ("nan", float("nan")), ("inf", -math.inf)]
     expected = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in items]).SerializeToString()
     assert scalar_summary(items) == expected
+    # many rows of the same tags at once (one struct call a row; beyond float32 falls back)
+    tags = tuple(t for t, _ in items)
+    rows = [[v for _, v in items], [0.5] * len(items)]
+    assert scalar_summaries(tags, rows) == [
+        Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row)]).SerializeToString()
+        for row in rows]
