@@ -46,7 +46,7 @@ from optcmp.trainer import (
 MAX_MEMBERS = 512  # members per chunk at most: beyond this a step is arithmetic-bound anyway
 MIN_SPLIT = 8  # members per piece at least when --jobs splits a group across processes
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one chunk may use
-IO_THREADS = 16  # threads writing run folders at the start and end of a chunk
+IO_THREADS = 4  # threads writing run folders at the start and end of a chunk
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
 # Keys of the optimizer section that may differ between the members of a group.
 PER_MEMBER_KEYS = ("name", "lr", "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov",
