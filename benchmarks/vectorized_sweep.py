@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,8 +75,10 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
 
 
 def optcmp_run(config: Path, out: Path, engine: str, *options: str) -> tuple[float, str]:
-    return timed([sys.executable, "-m", "optcmp", "run", str(config), "--out", str(out), "--engine", engine, "--fresh",
-                  *options])
+    """A first run of the sweep into `out` (what an earlier repetition left there is removed
+    before the clock starts, as a user's first `optcmp run` finds no results)."""
+    shutil.rmtree(out, ignore_errors=True)
+    return timed([sys.executable, "-m", "optcmp", "run", str(config), "--out", str(out), "--engine", engine, *options])
 
 
 def relative(a, b) -> float:
