@@ -13,6 +13,7 @@ to the rounding of the forward and backward pass. Coupled (L2, Adam) and decoupl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,28 +103,32 @@ class BatchedOptimizer:
     """The update of M runs' parameters `params` ([M, P], updated in place) from their
     gradients ([M, P]), per segment with per-member options."""
 
-    def __init__(self, family: str, params: torch.Tensor, segments: list[Segment]) -> None:
+    def __init__(self, family: str, params: torch.Tensor, segments: list[Segment],
+                 lr_at: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """`lr_at(steps)`, when given, is the learning rate of every member and segment at
+        those (1-based) optimizer steps, `[len(steps), M, segments]`: a schedule. Without
+        it each member keeps its options' `lr`."""
         self.family = family
         self.params = params
         self.segments = segments
         self.step_count = 0
+        base = np.array([[o["lr"] for o in seg.options] for seg in segments], dtype=np.float64).T  # [M, segments]
+        self._lr_at = lr_at or (lambda steps: np.broadcast_to(base, (len(steps), *base.shape)))
         self._cols: list[dict[str, torch.Tensor]] = []
         self._any: list[dict[str, bool]] = []
         for seg in segments:
             opts = seg.options
-            lr = np.array([o["lr"] for o in opts], dtype=np.float64)
             wd = np.array([o.get("weight_decay", 0.0) for o in opts], dtype=np.float64)
             dec = np.array(seg.decoupled, dtype=bool)
             coupled = np.where(dec, 0.0, wd)
-            cols = {"lr": lr, "coupled_wd": _column(coupled, params)}
+            cols = {"coupled_wd": _column(coupled, params)}
             flags = {"coupled": bool((coupled != 0).any())}
             if family == "adam":
                 b1 = np.array([o["betas"][0] for o in opts], dtype=np.float64)
                 b2 = np.array([o["betas"][1] for o in opts], dtype=np.float64)
                 decoupled = np.where(dec, wd, 0.0)
                 cols.update(
-                    b1=b1, b2=b2,
-                    decay_factor=_column(1 - lr * decoupled, params),
+                    b1=b1, b2=b2, decoupled_wd=decoupled,
                     one_minus_b1=_column(1 - b1, params),
                     b2_col=_column(b2, params),
                     one_minus_b2=_column(1 - b2, params),
@@ -136,7 +141,6 @@ class BatchedOptimizer:
                 damp = np.where(mom != 0, [o.get("dampening", 0.0) for o in opts], 0.0)
                 nesterov = np.array([bool(o.get("nesterov", False)) for o in opts])
                 cols.update(
-                    neg_lr=_column(-lr, params),
                     momentum=_column(mom, params),
                     one_minus_damp=_column(1 - damp, params),
                     nesterov=torch.as_tensor(nesterov, device=params.device).reshape(-1, 1),
@@ -152,14 +156,17 @@ class BatchedOptimizer:
         else:
             self.momentum_buffer = zeros() if any(f["momentum"] for f in self._any) else None
         self._table_start = 0
-        self._tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._tables: list[dict[str, torch.Tensor]] = []
+        self._table_lrs = np.empty((0, params.shape[0], len(segments)))
         # Scratch buffers for the update's temporaries: allocating [M, P] tensors every step
         # costs page faults, as much as the arithmetic for small models.
         self._scratch = [torch.empty_like(params) for _ in range(3)]
 
-    def lrs(self) -> list[list[float]]:
-        """Each member's learning rate of each parameter group, as logged (`lr/group<i>`)."""
-        return [[float(c["lr"][m]) for c in self._cols] for m in range(self.params.shape[0])]
+    def lrs(self) -> np.ndarray:
+        """Each member's learning rate of each parameter group at the latest step (before
+        the first: the first step's), `[M, groups]`, as logged (`lr/group<i>`)."""
+        self._row(0)
+        return self._table_lrs[max(self.step_count, 1) - self._table_start]
 
     @torch.no_grad()
     def step(self, grads: torch.Tensor) -> None:
@@ -172,32 +179,40 @@ class BatchedOptimizer:
             else:
                 self._sgd(i, cols, grads[:, cols])
 
-    def _adam_row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(−lr / (1 − β1^t), √(1 − β2^t)) of step t for segment i, as [M, 1] columns.
+    def _row(self, i: int) -> dict[str, torch.Tensor]:
+        """Segment i's per-step constants of step t as [M, 1] columns: the learning rate's
+        terms (−lr, or Adam's −lr / (1 − β1^t) and 1 − lr·weight_decay) and √(1 − β2^t).
 
         Computed in float64 on the host like torch's Python-float arithmetic, a block of
         steps at a time, so a step costs no host→device copy."""
-        t = self.step_count
+        t = max(self.step_count, 1)
         if not self._tables or t >= self._table_start + TABLE_STEPS:
             self._table_start = t
             steps = np.arange(t, t + TABLE_STEPS, dtype=np.float64)[:, None]
+            self._table_lrs = np.asarray(self._lr_at(np.arange(t, t + TABLE_STEPS)), dtype=np.float64)
+            as_rows = lambda values: _column(values, self.params).view(TABLE_STEPS, -1, 1)  # noqa: E731
             self._tables = []
-            for c in self._cols:
-                step_size = c["lr"] / (1 - c["b1"] ** steps)
-                bc2_sqrt = (1 - c["b2"] ** steps) ** 0.5
-                self._tables.append((_column(-step_size, self.params).view(TABLE_STEPS, -1, 1),
-                                     _column(bc2_sqrt, self.params).view(TABLE_STEPS, -1, 1)))
-        neg_step, bc2_sqrt = self._tables[i]
+            for j, c in enumerate(self._cols):
+                lr = self._table_lrs[:, :, j]  # [steps, M]
+                if self.family == "adam":
+                    self._tables.append({
+                        "neg_step": as_rows(-lr / (1 - c["b1"] ** steps)),
+                        "bc2_sqrt": as_rows((1 - c["b2"] ** steps) ** 0.5),
+                        "decay_factor": as_rows(1 - lr * c["decoupled_wd"]),
+                    })
+                else:
+                    self._tables.append({"neg_lr": as_rows(-lr)})
         k = t - self._table_start
-        return neg_step[k], bc2_sqrt[k]
+        return {name: table[k] for name, table in self._tables[i].items()}
 
     def _adam(self, i: int, cols: slice, grad: torch.Tensor) -> None:
         c, flags = self._cols[i], self._any[i]
         param, exp_avg, exp_avg_sq = self.params[:, cols], self.exp_avg[:, cols], self.exp_avg_sq[:, cols]
         decayed, scaled, denom = (buf[:, cols] for buf in self._scratch)
-        neg_step, bc2_sqrt = self._adam_row(i)
+        row = self._row(i)
+        neg_step, bc2_sqrt = row["neg_step"], row["bc2_sqrt"]
         if flags["decoupled"]:
-            param.mul_(c["decay_factor"])  # param.mul_(1 - lr * weight_decay)
+            param.mul_(row["decay_factor"])  # param.mul_(1 - lr * weight_decay)
         if flags["coupled"]:
             grad = torch.addcmul(grad, param, c["coupled_wd"], out=decayed)  # grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, c["one_minus_b1"])
@@ -232,4 +247,4 @@ class BatchedOptimizer:
                 grad = torch.where(c["nesterov"], torch.addcmul(grad, buf, c["momentum"], out=nesterov), buf)
             else:
                 grad = buf
-        param.addcmul_(grad, c["neg_lr"])  # param.add_(grad, alpha=-lr)
+        param.addcmul_(grad, self._row(i)["neg_lr"])  # param.add_(grad, alpha=-lr)

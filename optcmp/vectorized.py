@@ -27,15 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from optcmp.batched_model import StackedModel, member_losses, unsupported_layer
 from optcmp.batched_optim import STRUCTURAL, BatchedOptimizer, Segment, family_of, invalid_value, unsupported_option
-from optcmp.config import OptimizerConfig
+from optcmp.config import OptimizerConfig, SchedulerConfig
 from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.models import build_model
-from optcmp.optimizers import group_names, optimizer_class, param_groups, resolved_kwargs
+from optcmp.optimizers import (build_scheduler, group_names, optimizer_class, param_groups, resolved_kwargs,
+                               schedule_length, step_scheduler)
 from optcmp.sweep import RunSpec
 from optcmp.tblog import log_histograms
 from optcmp.trainer import (
@@ -64,7 +66,9 @@ def why_not(spec: RunSpec) -> str | None:
     if cfg.model.kind == "mlp" and cfg.model.norm == "batchnorm":
         return "batchnorm layers are not stacked"
     if cfg.scheduler is not None:
-        return "learning-rate schedulers are not vectorized"
+        reason = _unscheduled(cfg.scheduler)
+        if reason:
+            return reason
     try:
         options = resolved_kwargs(cfg.optimizer)
     except ConfigError as e:
@@ -73,6 +77,91 @@ def why_not(spec: RunSpec) -> str | None:
     for i, group in enumerate(cfg.optimizer.groups):
         reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"})
     return reason
+
+
+def _unscheduled(cfg: SchedulerConfig) -> str | None:
+    """Why this schedule cannot drive a vectorized group, or None. A group's schedules are
+    stepped ahead of training, so they may depend on the step count alone: not on a metric
+    (ReduceLROnPlateau), and changing nothing but the learning rate (CyclicLR and OneCycleLR
+    also cycle the momentum, unless told not to)."""
+    name = (cfg.name or "").lower()
+    if name == "reducelronplateau":
+        return "ReduceLROnPlateau watches a metric; its schedule is not vectorized"
+    if name in ("cycliclr", "onecyclelr") and (cfg.model_extra or {}).get("cycle_momentum", True):
+        return f"{cfg.name} cycles the momentum too (set cycle_momentum: false to vectorize it)"
+    return None
+
+
+class _LrOnly(torch.optim.Optimizer):
+    """Just enough of an optimizer for a learning-rate scheduler to drive: parameter groups
+    holding a learning rate. (A real torch.optim optimizer would cost a second of importing
+    torch._dynamo on its first construction, and hold state it does not need.)"""
+
+    def __init__(self, lrs: list[float]) -> None:  # noqa: super().__init__ is what this avoids
+        self.defaults = {"lr": lrs[0]}
+        self.state: dict = {}
+        self.param_groups = [{"params": [], "lr": lr} for lr in lrs]
+        self._optimizer_step_pre_hooks: dict = {}
+        self._optimizer_step_post_hooks: dict = {}
+
+    def step(self, closure=None) -> None:
+        return None
+
+
+class _Schedule:
+    """One schedule's learning rates, stepped ahead of training on demand."""
+
+    def __init__(self, config, lrs: list[float], n_train: int) -> None:
+        self.by_step = config.scheduler is None or config.scheduler.interval == "step"
+        self.per_epoch = steps_per_epoch(config.data, n_train)
+        self.length = max(schedule_length(config, n_train), 1)
+        self.opt = _LrOnly(list(lrs))
+        # a warmup lowers the rates right away
+        self.sched = build_scheduler(self.opt, config.scheduler, self.length) if config.scheduler is not None else None
+        self.values = [[float(g["lr"]) for g in self.opt.param_groups]]  # after first + i scheduler steps
+        self.first = 0
+
+    def at(self, steps: np.ndarray) -> np.ndarray:
+        """`[len(steps), groups]`: the rates optimizer steps `steps` (1-based) use. Step t
+        comes after t − 1 scheduler steps (interval: step) or after its epoch's index of
+        them (interval: epoch); beyond the run's last step the rates stay put."""
+        k = steps - 1 if self.by_step else (steps - 1) // self.per_epoch
+        k = np.minimum(k, self.length - 1) if self.sched is not None else np.zeros_like(steps)
+        while self.first + len(self.values) <= k.max():
+            self.opt.step()
+            step_scheduler(self.sched, None)
+            self.values.append([float(g["lr"]) for g in self.opt.param_groups])
+        # steps are asked for in increasing blocks: what lies before this block is not needed again
+        del self.values[:int(k.min()) - self.first]
+        self.first = int(k.min())
+        return np.array(self.values)[k - self.first]
+
+
+class _Schedules:
+    """The learning rate of every member and parameter group at every optimizer step.
+
+    Each member's scheduler is built as the sequential trainer builds it (`build_scheduler`,
+    warmup included) on an optimizer with the member's group learning rates, and stepped
+    ahead of training, as often as the run will have stepped it by then: its values are
+    the ones torch.optim's groups would hold. Members may have different schedules (or
+    none); members with the same schedule and learning rates share one."""
+
+    def __init__(self, specs: list[RunSpec], member_lrs: list[list[float]], n_train: int) -> None:
+        distinct: dict[str, int] = {}
+        self.schedules: list[_Schedule] = []
+        which = []
+        for spec, lrs in zip(specs, member_lrs):
+            scheduler = spec.config.scheduler
+            key = json.dumps([None if scheduler is None else scheduler.model_dump(mode="json"), lrs])
+            if key not in distinct:
+                distinct[key] = len(self.schedules)
+                self.schedules.append(_Schedule(spec.config, lrs, n_train))
+            which.append(distinct[key])
+        self.which = np.array(which)
+
+    def __call__(self, steps: np.ndarray) -> np.ndarray:
+        """`[len(steps), M, groups]`."""
+        return np.stack([s.at(steps) for s in self.schedules])[self.which].transpose(1, 0, 2)
 
 
 def check_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> bool:
@@ -92,10 +181,11 @@ def check_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> bool:
 
 
 def group_key(spec: RunSpec) -> str:
-    """Runs with equal keys can train together: everything but the seed and the per-member
-    optimizer hyperparameters is equal."""
+    """Runs with equal keys can train together: everything but the seed, the per-member
+    optimizer hyperparameters and the learning-rate schedule is equal."""
     config = spec.config.model_dump(mode="json")
     config.pop("seeds")
+    config.pop("scheduler")
     optimizer = config.pop("optimizer")
     family = family_of(optimizer["name"])
     options = resolved_kwargs(spec.config.optimizer)
@@ -340,7 +430,12 @@ class _Group:
                          for s, o in zip(self.specs, per_member)]
             segments.append(Segment(col, col + width, per_member, decoupled))
             col += width
-        self.opt = BatchedOptimizer(family_of(cfg.optimizer.name), self.flat, segments)
+        schedule = None
+        if any(s.config.scheduler is not None for s in self.specs):
+            member_lrs = [[seg.options[m]["lr"] for seg in segments] for m in range(M)]
+            schedule = _Schedules(self.specs, member_lrs, self.data.n_train)
+        self.opt = BatchedOptimizer(family_of(cfg.optimizer.name), self.flat, segments, lr_at=schedule)
+        self.scheduled = schedule is not None
         self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=dev)  # [M, groups]
         # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
         # 0/1 matrix sums the squared weights of everything, then of each layer
@@ -459,6 +554,8 @@ class _Group:
                 keys.append("val/accuracy")
                 columns.append(val_acc.unsqueeze(1))
         keys += [f"lr/group{i}" for i in range(self.lrs.shape[1])]
+        if self.scheduled:  # the rates of the latest step
+            self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=self.device)
         columns.append(self.lrs)
         if grad_norm is not None:
             keys.append("grad_norm")

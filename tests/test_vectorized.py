@@ -241,6 +241,102 @@ def test_minibatch_members_have_their_own_data_and_order(write_config, tmp_path)
     assert {"val/loss", "val/accuracy", "lr/group0", "weight_norm", "weight_norm/0"} <= set(logged.columns)
 
 
+def test_schedules_by_step_with_warmup_and_two_groups(write_config, tmp_path):
+    """Cosine decay after a linear warmup, stepped every step, on two parameter groups
+    (no_decay) and two learning rates: the rates each member uses and logs are torch's."""
+    text = """\
+name: sched
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm, activation: tanh}
+data: {kind: random_classification, samples: 120, batch_size: 50, val_fraction: 0.25}
+train: {steps: 30, loss: cross_entropy}
+optimizer: {name: adamw, lr: 0.01, weight_decay: 0.1, no_decay: [bias, norm]}
+scheduler: {name: cosineannealinglr, warmup_steps: 5, eta_min: 0.001}
+sweep: {optimizer.name: [adam, adamw], optimizer.lr: [0.01, 0.003]}
+log: {every: 3, histograms: {every: 0}}
+"""
+    specs = expand(load_config(write_config(text)).config)
+    assert [len(u) for u in group_specs(specs)] == [8]
+    compare_engines(specs, tmp_path)
+    logged = pd.read_csv(tmp_path / "vec" / "adamw-lr0.003-s1" / "metrics.csv")
+    lrs = logged["lr/group0"].tolist()
+    assert logged["step"].tolist()[:3] == [0, 3, 6]
+    assert lrs[0] == pytest.approx(0.003 * 0.01) and lrs[1] == pytest.approx(0.003 * (0.01 + 0.99 * 3 / 5))  # warmup
+    assert 0.003 > lrs[2] > lrs[3] > lrs[-1] >= 0.001  # then the cosine, down to eta_min
+    assert logged["lr/group1"].tolist() == lrs  # both groups alike
+
+
+def test_runs_with_different_schedules_share_a_group(write_config, tmp_path):
+    text = """\
+name: mixed-schedules
+seeds: 1
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm, activation: tanh}
+data: {kind: random_classification, samples: 120, batch_size: 50}
+train: {steps: 20, loss: cross_entropy}
+optimizer: {name: adam, lr: 0.01}
+scheduler: {name: cosineannealinglr}
+sweep: {scheduler.name: [constant, cosineannealinglr], scheduler.warmup_steps: [0, 5]}
+log: {every: 1, histograms: {every: 0}}
+"""
+    specs = expand(load_config(write_config(text)).config)
+    assert [len(u) for u in group_specs(specs)] == [4]
+    compare_engines(specs, tmp_path)
+    rates = {s.run_id: pd.read_csv(tmp_path / "vec" / s.run_id / "metrics.csv")["lr/group0"].tolist() for s in specs}
+    assert rates["adam-constant-warmup_steps0-s0"] == [0.01] * 20
+    assert len({tuple(r) for r in rates.values()}) == 4  # each member its own schedule
+
+
+def test_schedule_tables_follow_torch_over_many_blocks():
+    """The optimizer's rates, built 512 steps at a time, are the ones torch's scheduler
+    gives an SGD optimizer step after step (warmup, then cosine), across block boundaries."""
+    from optcmp import vectorized
+    from optcmp.batched_optim import BatchedOptimizer, Segment
+    from optcmp.optimizers import build_scheduler
+
+    data = {**copy.deepcopy(REFERENCE), "optimizer": {"name": "sgd", "lr": 0.1}, "train": {"steps": 1100},
+            "scheduler": {"name": "cosineannealinglr", "warmup_steps": 100, "eta_min": 0.001}}
+    config = ExperimentConfig.model_validate(data)
+    spec = RunSpec("r", "r", 0, {}, config, config_hash(config))
+    schedule = vectorized._Schedules([spec, spec], [[0.1], [0.1]], n_train=20)
+    params = torch.zeros(2, 3)
+    opt = BatchedOptimizer("sgd", params, [Segment(0, 3, [{"lr": 0.1}] * 2, [False] * 2)], lr_at=schedule)
+    ours = []
+    for _ in range(1100):
+        opt.step(torch.zeros(2, 3))
+        ours.append(opt.lrs()[:, 0].tolist())
+    p = torch.nn.Parameter(torch.zeros(1))
+    real = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(real, config.scheduler, 1100)
+    expected = []
+    for _ in range(1100):
+        expected.append(real.param_groups[0]["lr"])
+        real.step()
+        sched.step()
+    assert [a for a, _ in ours] == expected and [b for _, b in ours] == expected
+
+
+def test_schedules_by_epoch(write_config, tmp_path):
+    text = """\
+name: sched-epochs
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8], norm: none, activation: relu}
+data: {kind: random_classification, samples: 100, batch_size: 32}
+train: {epochs: 6, loss: cross_entropy}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+scheduler: {name: steplr, step_size: 2, gamma: 0.5, interval: epoch, warmup_epochs: 1}
+sweep: {optimizer.weight_decay: [0.0, 0.01]}
+log: {every: 1, histograms: {every: 0}}
+"""
+    specs = expand(load_config(write_config(text)).config)
+    assert [len(u) for u in group_specs(specs)] == [4]
+    compare_engines(specs, tmp_path)
+    logged = pd.read_csv(tmp_path / "vec" / specs[0].run_id / "metrics.csv")
+    assert logged["lr/group0"].tolist() == pytest.approx([0.0005, 0.05, 0.05, 0.025, 0.025, 0.0125])
+
+
 def test_steps_with_validation_and_logging_cadence(write_config, tmp_path):
     text = """\
 name: steps
@@ -420,7 +516,8 @@ sweep: {optimizer.amsgrad: [false, true], optimizer.lr: [0.1, 0.01]}
 
 
 @pytest.mark.parametrize("extra,reason", [
-    ({"scheduler": {"name": "steplr", "step_size": 5}}, "schedulers"),
+    ({"scheduler": {"name": "reducelronplateau"}}, "ReduceLROnPlateau watches a metric"),
+    ({"scheduler": {"name": "OneCycleLR", "max_lr": 0.1}}, "OneCycleLR cycles the momentum too"),
     ({"model": {"kind": "mlp", "norm": "batchnorm"}}, "batchnorm"),
     ({"optimizer": {"name": "adam", "maximize": True}}, "maximize"),
     ({"optimizer": {"name": "adagrad"}}, "no batched update"),
@@ -430,6 +527,17 @@ def test_why_not(extra, reason):
     config = ExperimentConfig.model_validate(data)
     spec = RunSpec("r", "r", 0, {}, config, config_hash(config))
     assert reason in why_not(spec)
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"name": "steplr", "step_size": 5},
+    {"name": "cosineannealinglr", "warmup_steps": 10},
+    {"name": "OneCycleLR", "max_lr": 0.1, "cycle_momentum": False},
+])
+def test_schedules_of_the_step_count_alone_are_vectorized(scheduler):
+    data = {**copy.deepcopy(REFERENCE), "optimizer": {"name": "adam"}, "scheduler": scheduler}
+    config = ExperimentConfig.model_validate(data)
+    assert why_not(RunSpec("r", "r", 0, {}, config, config_hash(config))) is None
 
 
 @pytest.mark.parametrize("options", [
