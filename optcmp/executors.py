@@ -152,8 +152,14 @@ def start_method(units: list[Unit], threads: int) -> str:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "spawn"
-    if any(spec.config.device != "cpu" for unit in units for spec in unit):
+    devices = {spec.config.device for unit in units for spec in unit}
+    if devices - {"cpu", "auto"}:
         return "spawn"
+    if "auto" in devices:
+        from optcmp.trainer import resolve_device
+
+        if resolve_device("auto").type != "cpu":
+            return "spawn"
     return "fork"
 
 

@@ -130,7 +130,11 @@ def test_workers_are_forked_only_where_that_is_safe(write_config):
     assert start_method(cpu, threads=1) == "fork"
     assert start_method(cpu, threads=2) == "spawn"  # an OpenMP pool does not survive a fork
     auto = [expand(load_config(write_config(GROUP.replace("device: cpu", "device: auto"))).config)]
-    assert start_method(auto, threads=1) == "spawn"  # may be CUDA
+    import torch
+
+    assert start_method(auto, threads=1) == ("spawn" if torch.cuda.is_available() else "fork")
+    cuda = [expand(load_config(write_config(GROUP.replace("device: cpu", "device: cuda"))).config)]
+    assert start_method(cuda, threads=1) == "spawn"  # CUDA cannot be used in a forked child
 
 
 @pytest.mark.slow
