@@ -12,8 +12,8 @@ to the rounding of the forward and backward pass. Coupled (L2, Adam) and decoupl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -165,8 +165,8 @@ class BatchedOptimizer:
     def lrs(self) -> np.ndarray:
         """Each member's learning rate of each parameter group at the latest step (before
         the first: the first step's), `[M, groups]`, as logged (`lr/group<i>`)."""
-        self._row(0)
-        return self._table_lrs[max(self.step_count, 1) - self._table_start]
+        k = self._table_row()
+        return self._table_lrs[k]
 
     @torch.no_grad()
     def step(self, grads: torch.Tensor) -> None:
@@ -185,6 +185,11 @@ class BatchedOptimizer:
 
         Computed in float64 on the host like torch's Python-float arithmetic, a block of
         steps at a time, so a step costs no host→device copy."""
+        k = self._table_row()
+        return {name: table[k] for name, table in self._tables[i].items()}
+
+    def _table_row(self) -> int:
+        """The current step's row in the tables, after building the tables of its block."""
         t = max(self.step_count, 1)
         if not self._tables or t >= self._table_start + TABLE_STEPS:
             self._table_start = t
@@ -202,8 +207,7 @@ class BatchedOptimizer:
                     })
                 else:
                     self._tables.append({"neg_lr": as_rows(-lr)})
-        k = t - self._table_start
-        return {name: table[k] for name, table in self._tables[i].items()}
+        return t - self._table_start
 
     def _adam(self, i: int, cols: slice, grad: torch.Tensor) -> None:
         c, flags = self._cols[i], self._any[i]

@@ -101,7 +101,7 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
     from optcmp.models import build_model
     from optcmp.optimizers import build_optimizer, build_scheduler, schedule_length
     from optcmp.trainer import loss_function, resolve_device
-    from optcmp.vectorized import check_optimizer
+    from optcmp.vectorized import check_optimizer, rates_only_optimizer
 
     seen: set[str] = set()
     for spec in specs:
@@ -114,11 +114,13 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
             data = build_data(cfg.data, spec.seed, loaded.base_dir)
             loss_function(cfg, data.task)
             model = build_model(cfg.model, data.n_features, data.n_outputs)
-            # the vectorized engine's check spares a sweep it trains the first torch.optim
+            # the vectorized engine's checks spare a sweep it trains the first torch.optim
             # construction, which imports torch._dynamo (about a second)
-            if cfg.scheduler is not None or not check_optimizer(model, cfg.optimizer):
-                opt = build_optimizer(model, cfg.optimizer)
-                build_scheduler(opt, cfg.scheduler, schedule_length(cfg, len(data.x_train)))
+            batched = check_optimizer(model, cfg.optimizer)
+            if cfg.scheduler is not None or not batched:
+                opt = rates_only_optimizer(model, cfg.optimizer, cfg.scheduler) if batched else None
+                build_scheduler(opt or build_optimizer(model, cfg.optimizer), cfg.scheduler,
+                                schedule_length(cfg, len(data.x_train)))
         except ConfigError as e:
             swept = next((k for k in spec.params if e.key == k or e.key.startswith(k + ".")), None)
             key = f"sweep.{swept}" if swept else e.key

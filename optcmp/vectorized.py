@@ -92,12 +92,22 @@ def _unscheduled(cfg: SchedulerConfig) -> str | None:
     return None
 
 
+def rates_only_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, scheduler: SchedulerConfig) -> torch.optim.Optimizer | None:
+    """An optimizer holding only the learning rates of `model`'s parameter groups, enough to
+    build and check `scheduler` on, where that is all the scheduler touches (a torch
+    scheduler the vectorized engine can step ahead); else None."""
+    if _unscheduled(scheduler) or (scheduler.name is not None and ":" in scheduler.name):
+        return None
+    base = resolved_kwargs(cfg)["lr"]
+    return _LrOnly([g.get("lr", base) for g in group_names(model, cfg)])
+
+
 class _LrOnly(torch.optim.Optimizer):
     """Just enough of an optimizer for a learning-rate scheduler to drive: parameter groups
     holding a learning rate. (A real torch.optim optimizer would cost a second of importing
     torch._dynamo on its first construction, and hold state it does not need.)"""
 
-    def __init__(self, lrs: list[float]) -> None:  # noqa: super().__init__ is what this avoids
+    def __init__(self, lrs: list[float]) -> None:  # Optimizer.__init__ is what this class avoids
         self.defaults = {"lr": lrs[0]}
         self.state: dict = {}
         self.param_groups = [{"params": [], "lr": lr} for lr in lrs]

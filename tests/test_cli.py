@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optcmp.cli import app
+from tests.conftest import TINY
 
 runner = CliRunner()
 
@@ -163,6 +164,19 @@ def test_help_does_not_import_torch():
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "optcmp" in imported
     assert not imported & {"torch", "pandas", "numpy", "tensorboardX", "scipy"}
+
+
+def test_a_vectorized_scheduled_sweep_never_builds_a_torch_optim_optimizer(write_config, tmp_path):
+    """Its first construction imports torch._dynamo, a second: the schedule is checked and
+    stepped on an optimizer holding only learning rates."""
+    config = write_config(TINY.replace("log:", "scheduler: {name: cosineannealinglr, warmup_steps: 5}\nseeds: [0, 1]\nlog:")
+                          .replace("seeds: [0]\n", ""))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optcmp", "run", str(config), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch._dynamo" not in proc.stderr
+    result = json.loads((tmp_path / "out" / "tiny" / "adam-s1" / "result.json").read_text())
+    assert result["engine"] == "vectorized" and result["status"] == "ok"
 
 
 def test_run_does_not_import_pandas(write_config, tmp_path):
