@@ -63,6 +63,36 @@ def _layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.T
     return (grad - removed).mul_(rstd)
 
 
+def _batch_norm(x: torch.Tensor, eps: float, stats: tuple[torch.Tensor, torch.Tensor], momentum: float,
+                train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm1d's normalization of each member's batch `[M, B, n]` per feature, and
+    1/√(var + eps): in training by the batch's mean and (biased) variance, which also move
+    the running statistics `stats` (`[M, 1, n]`, with the unbiased variance) as torch does;
+    in evaluation by the running statistics."""
+    running_mean, running_var = stats
+    if not train:
+        rstd = (running_var + eps).rsqrt()
+        return (x - running_mean) * rstd, rstd
+    n = x.shape[1]
+    if n < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {n}")
+    mean = x.mean(1, keepdim=True)
+    centered = x - mean
+    var = centered.square().mean(1, keepdim=True)
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        running_var.mul_(1 - momentum).add_(var, alpha=momentum * n / (n - 1))
+    rstd = (var + eps).rsqrt()
+    return centered * rstd, rstd
+
+
+def _batch_norm_backward(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """The input gradient of a training-mode `_batch_norm` for the gradient `grad` of its
+    output: (g − mean_B(g) − normed · mean_B(g · normed)) / √(var + eps)."""
+    removed = torch.addcmul(grad.mean(1, keepdim=True), normed, (grad * normed).mean(1, keepdim=True))
+    return (grad - removed).mul_(rstd)
+
+
 def layers_of(model: nn.Module) -> list[nn.Module]:
     return list(model) if isinstance(model, nn.Sequential) else [model]
 
@@ -74,15 +104,20 @@ def unsupported_layer(model: nn.Module) -> str | None:
             continue
         if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1:
             continue
+        if type(layer) is nn.BatchNorm1d:
+            if not layer.track_running_stats or layer.momentum is None:
+                return f"layer {i} (BatchNorm1d) without running statistics or with a cumulative average is not stacked"
+            continue
         if type(layer) in ACTIVATIONS and not getattr(layer, "inplace", False):
             continue
-        return f"layer {i} ({type(layer).__name__}) has no stacked implementation (stacked: Linear, LayerNorm, activations)"
+        return (f"layer {i} ({type(layer).__name__}) has no stacked implementation "
+                "(stacked: Linear, LayerNorm, BatchNorm1d, activations)")
     if any(p.dim() == 0 for p in model.parameters()):
         return "scalar parameters are not stacked"
     return None
 
 
-_LINEAR, _NORM, _ACTIVATION = range(3)
+_LINEAR, _NORM, _ACTIVATION, _BATCHNORM = range(4)
 
 
 class StackedModel:
@@ -92,8 +127,12 @@ class StackedModel:
     Every view a step needs (transposed weights, per-member scales as `[M, 1, n]`) is made
     once here: at a millisecond a step, a few dozen Python-level view calls are measurable."""
 
-    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor],
+                 buffers: dict[str, torch.Tensor] | None = None) -> None:
+        """`buffers[name]`: the `[M, *shape]` running statistics of BatchNorm layers, updated
+        in place by training-mode forward passes."""
         self.params = params
+        buffers = buffers or {}
         self.members = next(iter(params.values())).shape[0]
         prefixed = [(m, f"{i}.") for i, m in enumerate(template)] if isinstance(template, nn.Sequential) else [(template, "")]
         self.layers: list[tuple] = []
@@ -105,13 +144,18 @@ class StackedModel:
                 like = next(iter(params.values()))
                 self.layers.append((_NORM, prefix, m.eps, None if w is None else w.unsqueeze(1),
                                     None if b is None else b.unsqueeze(1), _mean_column(m.normalized_shape[0], like)))
+            elif isinstance(m, nn.BatchNorm1d):
+                stats = (buffers[prefix + "running_mean"].unsqueeze(1), buffers[prefix + "running_var"].unsqueeze(1))
+                self.layers.append((_BATCHNORM, prefix, m.eps, None if w is None else w.unsqueeze(1),
+                                    None if b is None else b.unsqueeze(1), stats, m.momentum))
             else:
                 forward, backward = ACTIVATIONS[type(m)]
                 self.layers.append((_ACTIVATION, prefix, m, forward, backward))
 
-    def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, list]:
+    def forward(self, x: torch.Tensor, keep: bool = False, train: bool = False) -> tuple[torch.Tensor, list]:
         """Outputs `[M, B, out]` for inputs `[M, B, in]` (or `[B, in]` shared by all members),
-        and what `backward` needs when `keep`."""
+        and what `backward` needs when `keep`. `train` is nn.Module's training mode:
+        BatchNorm normalizes by the batch's statistics and updates its running ones."""
         if x.dim() == 2:
             x = x.expand(self.members, *x.shape)
         saved = []
@@ -125,6 +169,15 @@ class StackedModel:
             elif kind == _NORM:
                 _, _, eps, w, b, column = layer
                 normed, rstd = _layer_norm(x, eps, column)
+                if w is not None:
+                    y = torch.addcmul(b, normed, w) if b is not None else normed * w
+                else:
+                    y = normed + b if b is not None else normed
+                if keep:
+                    saved.append((normed, rstd))
+            elif kind == _BATCHNORM:
+                _, _, eps, w, b, stats, momentum = layer
+                normed, rstd = _batch_norm(x, eps, stats, momentum, train)
                 if w is not None:
                     y = torch.addcmul(b, normed, w) if b is not None else normed * w
                 else:
@@ -161,6 +214,15 @@ class StackedModel:
                     grads[name + "bias"] = grad.sum(1)
                 if i > 0:
                     grad = _layer_norm_backward(grad * w if w is not None else grad, normed, rstd, column)
+            elif kind == _BATCHNORM:
+                w, b = layer[3], layer[4]
+                normed, rstd = s
+                if w is not None:
+                    grads[name + "weight"] = (grad * normed).sum(1)
+                if b is not None:
+                    grads[name + "bias"] = grad.sum(1)
+                if i > 0:
+                    grad = _batch_norm_backward(grad * w if w is not None else grad, normed, rstd)
             elif i > 0:
                 x, y = s
                 grad = layer[4](grad, x, y, layer[2])

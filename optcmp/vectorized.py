@@ -63,8 +63,6 @@ def why_not(spec: RunSpec) -> str | None:
     cfg = spec.config
     if cfg.model.kind not in ("mlp", "linear"):
         return f"model `{cfg.model.kind}` is imported; only mlp and linear models are stacked"
-    if cfg.model.kind == "mlp" and cfg.model.norm == "batchnorm":
-        return "batchnorm layers are not stacked"
     if cfg.scheduler is not None:
         reason = _unscheduled(cfg.scheduler)
         if reason:
@@ -424,7 +422,10 @@ class _Group:
         views = lambda buf: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}  # noqa: E731
         self.views = views(self.flat)
         grad_views = views(self.grads)
-        self.model = StackedModel(template, self.views)
+        # BatchNorm's running statistics, each member's own, outside the optimizer's buffer
+        buffers = {name: torch.stack([dict(model.named_buffers())[name] for model in models]).to(dev)
+                   for name, b in template.named_buffers() if b.dim() > 0}
+        self.model = StackedModel(template, self.views, buffers)
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training
         self.named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
@@ -483,7 +484,7 @@ class _Group:
                 log_step = not by_epoch and (step % every == 0 or step == total - 1)
                 hist_step = hist_every > 0 and not by_epoch and step % hist_every == 0
 
-                out, saved = self.model.forward(xb, keep=True)
+                out, saved = self.model.forward(xb, keep=True, train=True)
                 losses, grad_out = member_losses(self.loss_fn, out, yb, self.task, grad=True)
                 named_grads = self.model.backward(saved, grad_out)
                 grads = torch.cat([named_grads[n].reshape(len(members), -1) for n in self.layout], 1, out=self.grads)
