@@ -92,10 +92,10 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
         table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(loaded, specs)
-    _print_units(specs, engine, jobs)
+    _print_units(specs, engine, jobs, loaded.base_dir)
 
 
-def _print_units(specs, engine: str, jobs: int) -> None:
+def _print_units(specs, engine: str, jobs: int, base_dir: Path | None) -> None:
     """How `run --engine ENGINE --jobs JOBS` trains the runs: vectorized groups (split across
     processes), and runs on their own with the reason."""
     from rich.markup import escape
@@ -107,10 +107,10 @@ def _print_units(specs, engine: str, jobs: int) -> None:
         return
     from optcmp.vectorized import describe_units
 
-    units = plan_units(specs, engine, jobs)
+    units = plan_units(specs, engine, jobs, base_dir)
     where = f" on {jobs} processes" if jobs > 1 else ""
     console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}", highlight=False)
-    for line in describe_units(units):
+    for line in describe_units(units, base_dir):
         console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
 
 

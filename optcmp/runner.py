@@ -130,15 +130,15 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
 # --- work units: the seam for the vectorized engine ------------------------------------
 
 
-def plan_units(specs: list[RunSpec], engine: str = "auto", jobs: int = 1) -> list[Unit]:
+def plan_units(specs: list[RunSpec], engine: str = "auto", jobs: int = 1, base_dir: Path | None = None) -> list[Unit]:
     """Partition runs into work units: `[spec]` for the sequential trainer, or a group that
     `vectorized.group_specs(specs)` found can train as one vectorized model (split in up to
-    `jobs` pieces, one per local process)."""
+    `jobs` pieces, one per local process). `base_dir`: the config's folder."""
     if engine == "sequential":
         return [[spec] for spec in specs]
     from optcmp import vectorized
 
-    return vectorized.group_specs(specs, parts=jobs)
+    return vectorized.group_specs(specs, parts=jobs, base_dir=base_dir)
 
 
 def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=None) -> list[dict[str, Any]]:
@@ -285,7 +285,7 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
             if summary:
                 write_summary(exp_dir, loaded.config.summary.primary)
 
-        units = plan_units(todo, execution.engine, execution.jobs if execution.executor == "local" else 1)
+        units = plan_units(todo, execution.engine, execution.jobs if execution.executor == "local" else 1, loaded.base_dir)
         start = time.perf_counter()
         executor = make_executor(execution, exp_dir, loaded.base_dir, events) if units else None
         try:

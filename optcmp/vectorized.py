@@ -58,11 +58,15 @@ PER_MEMBER_KEYS = ("name", "lr", "weight_decay", "betas", "eps", "momentum", "da
 # --- which runs train together ---------------------------------------------------------
 
 
-def why_not(spec: RunSpec) -> str | None:
-    """Why this run cannot join a vectorized group (it then trains sequentially), or None."""
+def why_not(spec: RunSpec, base_dir: Path | None = None) -> str | None:
+    """Why this run cannot join a vectorized group (it then trains sequentially), or None.
+    `base_dir`: where the config's relative paths start (an imported model is built once
+    to see its layers, on the config's data)."""
     cfg = spec.config
     if cfg.model.kind not in ("mlp", "linear"):
-        return f"model `{cfg.model.kind}` is imported; only mlp and linear models are stacked"
+        reason = _imported_model_reason(spec, base_dir)
+        if reason:
+            return f"model `{cfg.model.kind}`: {reason}"
     if cfg.scheduler is not None:
         reason = _unscheduled(cfg.scheduler)
         if reason:
@@ -75,6 +79,26 @@ def why_not(spec: RunSpec) -> str | None:
     for i, group in enumerate(cfg.optimizer.groups):
         reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"})
     return reason
+
+
+_MODEL_CHECKS: dict[str, str | None] = {}  # (model, data, base_dir) → why the model does not stack
+
+
+def _imported_model_reason(spec: RunSpec, base_dir: Path | None) -> str | None:
+    """Why the user's model does not stack (`unsupported_layer`), or None: an nn.Sequential
+    of Linear, LayerNorm, BatchNorm1d and activation layers, or a bare Linear, does. The
+    model is built once per model and data config, leaving torch's random state as it was."""
+    cfg = spec.config
+    key = json.dumps([cfg.model.model_dump(mode="json"), cfg.data.model_dump(mode="json"), str(base_dir)],
+                     sort_keys=True, default=str)
+    if key not in _MODEL_CHECKS:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                data = build_data(cfg.data, spec.seed, base_dir)
+                _MODEL_CHECKS[key] = unsupported_layer(build_model(cfg.model, data.n_features, data.n_outputs))
+        except Exception as e:  # noqa: BLE001 - the run itself will report what is wrong
+            _MODEL_CHECKS[key] = f"it could not be built to look at its layers ({type(e).__name__}: {e})"
+    return _MODEL_CHECKS[key]
 
 
 def _unscheduled(cfg: SchedulerConfig) -> str | None:
@@ -202,7 +226,8 @@ def group_key(spec: RunSpec) -> str:
     return json.dumps([config, family, structural, optimizer.get("no_decay"), groups], sort_keys=True, default=str)
 
 
-def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS, parts: int = 1) -> list[list[RunSpec]]:
+def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS, parts: int = 1,
+                base_dir: Path | None = None) -> list[list[RunSpec]]:
     """Partition runs into work units in plan order: each vectorizable group (cut into
     pieces of at most `max_members`), and every other run on its own. A unit of one run
     trains sequentially.
@@ -211,7 +236,7 @@ def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS, parts: int
     `MIN_SPLIT` members, so that that many processes train it side by side."""
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
-        key = spec.run_id if why_not(spec) else group_key(spec)
+        key = spec.run_id if why_not(spec, base_dir) else group_key(spec)
         groups.setdefault(key, []).append(spec)
     units = []
     for members in groups.values():
@@ -230,7 +255,7 @@ def _pieces(members: list[RunSpec], size: int) -> list[list[RunSpec]]:
     return [members[i * len(members) // n:(i + 1) * len(members) // n] for i in range(n)]
 
 
-def describe_units(units: list[list[RunSpec]]) -> list[str]:
+def describe_units(units: list[list[RunSpec]], base_dir: Path | None = None) -> list[str]:
     """One line per unit for `optcmp plan`: which runs train together, or why one trains alone."""
     lines = []
     for unit in units:
@@ -238,7 +263,7 @@ def describe_units(units: list[list[RunSpec]]) -> list[str]:
             ids = ", ".join(s.run_id for s in unit[:3]) + (f", … {unit[-1].run_id}" if len(unit) > 3 else "")
             lines.append(f"vectorized group of {len(unit)}: {ids}")
         else:
-            reason = why_not(unit[0]) or "no other run shares its architecture, data and training config"
+            reason = why_not(unit[0], base_dir) or "no other run shares its architecture, data and training config"
             lines.append(f"sequential: {unit[0].run_id} ({reason})")
     return lines
 
@@ -253,10 +278,10 @@ def execute_group(specs: list[RunSpec], exp_dir: Path, base_dir: Path | None = N
     order; after Ctrl-C the runs of later chunks are not started (and not returned)."""
     from optcmp.trainer import execute
 
-    units = group_specs(list(specs), max_members)
+    units = group_specs(list(specs), max_members, base_dir=base_dir)
     results: list[dict[str, Any]] = []
     for unit in units:
-        if len(unit) == 1 and why_not(unit[0]):
+        if len(unit) == 1 and why_not(unit[0], base_dir):
             results.append(execute(unit[0], exp_dir, base_dir, progress))
         else:
             device = resolve_device(unit[0].config.device)

@@ -169,7 +169,7 @@ def test_work_units_reach_the_vectorized_engine_through_one_seam(write_config, t
 
     calls = []
 
-    def group_specs(specs, parts=1):
+    def group_specs(specs, parts=1, base_dir=None):
         return [specs[1::2], specs[0::2]]  # odd runs first: the driver must restore plan order
 
     def execute_group(specs, exp_dir, base_dir, progress=None):

@@ -342,6 +342,28 @@ log: {every: 1, histograms: {every: 2}}
     assert {r["engine"] for r in vec} == {"vectorized"}
 
 
+def test_an_imported_model_of_stackable_layers_is_vectorized(write_config, tmp_path):
+    text = """\
+name: own-model
+seeds: 2
+device: cpu
+model: {kind: "tests.userlib:sequential_model", kwargs: {width: 6}}
+data: {kind: random_classification, samples: 80, batch_size: 40}
+train: {steps: 20, loss: cross_entropy}
+optimizer: {name: adam, lr: 0.003}
+sweep: {optimizer.weight_decay: [0.0, 0.1]}
+log: {every: 5, histograms: {every: 10}}
+"""
+    specs = expand(load_config(write_config(text)).config)
+    assert [len(u) for u in group_specs(specs)] == [4]
+    vec, _ = compare_engines(specs, tmp_path)
+    assert {r["engine"] for r in vec} == {"vectorized"}
+    other = expand(load_config(write_config(text.replace("sequential_model", "make_model"), "other.yaml")).config)
+    assert [len(u) for u in group_specs(other)] == [1, 1, 1, 1]
+    assert why_not(other[0]) == ("model `tests.userlib:make_model`: layer 0 (TwoLayer) has no stacked implementation "
+                                 "(stacked: Linear, LayerNorm, BatchNorm1d, activations)")
+
+
 def test_schedules_by_epoch(write_config, tmp_path):
     text = """\
 name: sched-epochs
