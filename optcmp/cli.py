@@ -43,7 +43,7 @@ app = typer.Typer(
 CONFIG_ARG = typer.Argument(..., help="The experiment's YAML config.", show_default=False)
 SET_OPT = typer.Option([], "--set", help="Override a config value: KEY=VALUE with a dotted key, e.g. optimizer.lr=1e-3.")
 SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e.g. optimizer.weight_decay=0.01,0.1.")
-ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can; sequential: one by one; vectorized: insist.")
+ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can, the rest one by one; sequential: every run on its own; vectorized: as auto, but refuse (exit 2) when a run cannot be vectorized.")
 JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
 
@@ -77,12 +77,13 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.runner import Execution, experiment_dir, preflight
+    from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
 
     loaded, specs = _load(config, set_, sweep)
     preflight(loaded, specs)
+    units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(loaded.config.sweep)
     table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
@@ -92,22 +93,19 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
         table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(loaded, specs)
-    _print_units(specs, engine, jobs, loaded.base_dir)
+    _print_units(units, engine, jobs, loaded.base_dir)
 
 
-def _print_units(specs, engine: str, jobs: int, base_dir: Path | None) -> None:
-    """How `run --engine ENGINE --jobs JOBS` trains the runs: vectorized groups (split across
-    processes), and runs on their own with the reason."""
+def _print_units(units, engine: str, jobs: int, base_dir: Path | None) -> None:
+    """How `run --engine ENGINE --jobs JOBS` trains the runs (`units`, from `plan_units`):
+    vectorized groups (split across processes), and runs on their own with the reason."""
     from rich.markup import escape
 
-    from optcmp.runner import plan_units
-
     if engine == "sequential":
-        console.print(f"engine sequential: {len(specs)} runs one by one", highlight=False)
+        console.print(f"engine sequential: {len(units)} runs one by one", highlight=False)
         return
     from optcmp.vectorized import describe_units
 
-    units = plan_units(specs, engine, jobs, base_dir)
     where = f" on {jobs} processes" if jobs > 1 else ""
     console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}", highlight=False)
     for line in describe_units(units, base_dir):

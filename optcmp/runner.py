@@ -138,7 +138,15 @@ def plan_units(specs: list[RunSpec], engine: str = "auto", jobs: int = 1, base_d
         return [[spec] for spec in specs]
     from optcmp import vectorized
 
-    return vectorized.group_specs(specs, parts=jobs, base_dir=base_dir)
+    units = vectorized.group_specs(specs, parts=jobs, base_dir=base_dir)
+    if engine == "vectorized":  # insist: say which runs cannot be, rather than train them one by one
+        refused = [(u[0].run_id, why) for u in units if len(u) == 1 and (why := vectorized.why_not(u[0], base_dir))]
+        if refused:
+            shown = "; ".join(f"{run_id}: {why}" for run_id, why in refused[:3])
+            more = f"; and {len(refused) - 3} more" if len(refused) > 3 else ""
+            raise OptcmpError(f"--engine vectorized: {len(refused)} of {len(specs)} runs cannot be vectorized "
+                              f"({shown}{more}); --engine auto trains them one by one")
+    return units
 
 
 def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=None) -> list[dict[str, Any]]:
@@ -254,6 +262,8 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
 
     events = events or Events()
     execution = execution or Execution()
+    if execution.engine == "vectorized":  # may refuse: before anything is written
+        plan_units(specs, execution.engine, base_dir=loaded.base_dir)
     with experiment_lock(exp_dir):
         if fresh:
             clear_experiment(exp_dir)

@@ -734,14 +734,21 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
     from optcmp.cli import app
 
     path = write_config(CLI_SWEEP)
-    plan = CliRunner().invoke(app, ["plan", str(path), "--engine", "vectorized"])
+    plan = CliRunner().invoke(app, ["plan", str(path)])
     assert plan.exit_code == 0, plan.output
     assert "vectorized group of 8: adam-wd0-s0, adam-wd0-s1, adam-wd0.1-s0, … adamw-wd0.1-s1" in plan.output
     assert "sequential: rmsprop-wd0-s0 (optimizer `rmsprop` has no batched update" in plan.output
-    for engine in ("vectorized", "sequential"):
+    for command in ("plan", "run"):  # --engine vectorized insists
+        refused = CliRunner().invoke(app, [command, str(path), "--out", str(tmp_path / "refused"), "--engine", "vectorized"])
+        assert refused.exit_code == 2
+        assert refused.output.strip().startswith("error: --engine vectorized: 4 of 12 runs cannot be vectorized "
+                                                 "(rmsprop-wd0-s0: optimizer `rmsprop` has no batched update")
+        assert refused.output.strip().endswith("and 1 more); --engine auto trains them one by one")
+    assert not (tmp_path / "refused").exists()
+    for engine in ("auto", "sequential"):
         result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / engine), "--engine", engine])
         assert result.exit_code == 0, result.output
-    vec, seq = tmp_path / "vectorized" / "engines", tmp_path / "sequential" / "engines"
+    vec, seq = tmp_path / "auto" / "engines", tmp_path / "sequential" / "engines"
     a, b = pd.read_csv(vec / "runs.csv"), pd.read_csv(seq / "runs.csv")
     assert list(a.columns) == list(b.columns) and a["run_id"].tolist() == b["run_id"].tolist()
     assert a["engine"].tolist() == ["vectorized"] * 8 + ["sequential"] * 4
