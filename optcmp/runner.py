@@ -262,8 +262,9 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
 
     events = events or Events()
     execution = execution or Execution()
-    if execution.engine == "vectorized":  # may refuse: before anything is written
-        plan_units(specs, execution.engine, base_dir=loaded.base_dir)
+    jobs = execution.jobs if execution.executor == "local" else 1
+    # --engine vectorized may refuse: before anything is written
+    all_units = plan_units(specs, execution.engine, jobs, loaded.base_dir) if execution.engine == "vectorized" else None
     with experiment_lock(exp_dir):
         if fresh:
             clear_experiment(exp_dir)
@@ -295,7 +296,7 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
             if summary:
                 write_summary(exp_dir, loaded.config.summary.primary)
 
-        units = plan_units(todo, execution.engine, execution.jobs if execution.executor == "local" else 1, loaded.base_dir)
+        units = all_units if all_units is not None and not kept else plan_units(todo, execution.engine, jobs, loaded.base_dir)
         start = time.perf_counter()
         executor = make_executor(execution, exp_dir, loaded.base_dir, events) if units else None
         try:
