@@ -93,6 +93,18 @@ def _batch_norm_backward(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.T
     return (grad - removed).mul_(rstd)
 
 
+def _normalization(m: nn.Module, prefix: str, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+    """(normalize(x, train) → (normed, 1/√(var + eps)), its input gradient(grad, normed, rstd))
+    of a LayerNorm (over each sample's features) or BatchNorm1d (over the batch, per feature)."""
+    if isinstance(m, nn.LayerNorm):
+        eps, column = m.eps, _mean_column(m.normalized_shape[0], next(iter(params.values())))
+        return (lambda x, train: _layer_norm(x, eps, column),
+                lambda grad, normed, rstd: _layer_norm_backward(grad, normed, rstd, column))
+    eps, momentum = m.eps, m.momentum
+    stats = (buffers[prefix + "running_mean"].unsqueeze(1), buffers[prefix + "running_var"].unsqueeze(1))
+    return lambda x, train: _batch_norm(x, eps, stats, momentum, train), _batch_norm_backward
+
+
 def layers_of(model: nn.Module) -> list[nn.Module]:
     return list(model) if isinstance(model, nn.Sequential) else [model]
 
@@ -117,7 +129,7 @@ def unsupported_layer(model: nn.Module) -> str | None:
     return None
 
 
-_LINEAR, _NORM, _ACTIVATION, _BATCHNORM = range(4)
+_LINEAR, _NORM, _ACTIVATION = range(3)
 
 
 class StackedModel:
@@ -140,14 +152,10 @@ class StackedModel:
             w, b = params.get(prefix + "weight"), params.get(prefix + "bias")
             if isinstance(m, nn.Linear):
                 self.layers.append((_LINEAR, prefix, w, w.transpose(1, 2), None if b is None else b.unsqueeze(1), b is not None))
-            elif isinstance(m, nn.LayerNorm):
-                like = next(iter(params.values()))
-                self.layers.append((_NORM, prefix, m.eps, None if w is None else w.unsqueeze(1),
-                                    None if b is None else b.unsqueeze(1), _mean_column(m.normalized_shape[0], like)))
-            elif isinstance(m, nn.BatchNorm1d):
-                stats = (buffers[prefix + "running_mean"].unsqueeze(1), buffers[prefix + "running_var"].unsqueeze(1))
-                self.layers.append((_BATCHNORM, prefix, m.eps, None if w is None else w.unsqueeze(1),
-                                    None if b is None else b.unsqueeze(1), stats, m.momentum))
+            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
+                normalize, norm_backward = _normalization(m, prefix, params, buffers)
+                self.layers.append((_NORM, prefix, normalize, None if w is None else w.unsqueeze(1),
+                                    None if b is None else b.unsqueeze(1), norm_backward))
             else:
                 forward, backward = ACTIVATIONS[type(m)]
                 self.layers.append((_ACTIVATION, prefix, m, forward, backward))
@@ -167,17 +175,8 @@ class StackedModel:
                 if keep:
                     saved.append(x)
             elif kind == _NORM:
-                _, _, eps, w, b, column = layer
-                normed, rstd = _layer_norm(x, eps, column)
-                if w is not None:
-                    y = torch.addcmul(b, normed, w) if b is not None else normed * w
-                else:
-                    y = normed + b if b is not None else normed
-                if keep:
-                    saved.append((normed, rstd))
-            elif kind == _BATCHNORM:
-                _, _, eps, w, b, stats, momentum = layer
-                normed, rstd = _batch_norm(x, eps, stats, momentum, train)
+                _, _, normalize, w, b, _ = layer
+                normed, rstd = normalize(x, train)
                 if w is not None:
                     y = torch.addcmul(b, normed, w) if b is not None else normed * w
                 else:
@@ -206,23 +205,14 @@ class StackedModel:
                 if i > 0:
                     grad = torch.bmm(grad, w)
             elif kind == _NORM:
-                _, _, _, w, b, column = layer
+                _, _, _, w, b, norm_backward = layer
                 normed, rstd = s
                 if w is not None:
                     grads[name + "weight"] = (grad * normed).sum(1)
                 if b is not None:
                     grads[name + "bias"] = grad.sum(1)
                 if i > 0:
-                    grad = _layer_norm_backward(grad * w if w is not None else grad, normed, rstd, column)
-            elif kind == _BATCHNORM:
-                w, b = layer[3], layer[4]
-                normed, rstd = s
-                if w is not None:
-                    grads[name + "weight"] = (grad * normed).sum(1)
-                if b is not None:
-                    grads[name + "bias"] = grad.sum(1)
-                if i > 0:
-                    grad = _batch_norm_backward(grad * w if w is not None else grad, normed, rstd)
+                    grad = norm_backward(grad * w if w is not None else grad, normed, rstd)
             elif i > 0:
                 x, y = s
                 grad = layer[4](grad, x, y, layer[2])
