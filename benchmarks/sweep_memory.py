@@ -79,7 +79,7 @@ def memory(tmp: Path, runs: int) -> None:
             samples[done[0]] = me.memory_info().rss
 
     text = TINY.format(runs=runs, seeds=runs // 4)
-    import optcmp.summary  # noqa: F401 - pandas and scipy, and
+    import scipy.special  # noqa: F401 - the summary's Student t quantile, and
     import optcmp.trainer  # noqa: F401 - torch and the logger loaded before the first figure
 
     start_rss = me.memory_info().rss

@@ -164,7 +164,6 @@ def test_a_second_writer_is_refused(write_config, tmp_path):
 def test_work_units_reach_the_vectorized_engine_through_one_seam(write_config, tmp_path, monkeypatch):
     """plan_units asks `vectorized.group_specs`, run_unit hands a group to `execute_group`;
     results come back in plan order whatever the grouping."""
-    from optcmp import runner
     from optcmp.trainer import execute
 
     calls = []
