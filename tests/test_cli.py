@@ -190,3 +190,31 @@ def test_run_does_not_import_pandas(write_config, tmp_path):
     summary = json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())
     assert [c["config_id"] for c in summary["configs"]] == ["adam"]
     assert summary["configs"][0]["n"] == 1 and summary["configs"][0]["train_loss_std"] is None
+
+
+def test_main_pauses_garbage_collection_until_the_imports_are_done(monkeypatch):
+    import gc
+
+    from optcmp import cli
+
+    assert gc.isenabled()
+    cli._imports_done()  # nothing paused: nothing to do
+    assert gc.isenabled() and not cli._gc_paused
+    seen = {}
+
+    def command():
+        seen["during"], seen["paused"] = gc.isenabled(), cli._gc_paused
+        frozen = gc.get_freeze_count()
+        cli._imports_done()
+        seen["after"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count() > frozen
+
+    monkeypatch.setattr(cli, "app", command)
+    monkeypatch.setattr(cli, "_exit_now", lambda code: seen.setdefault("code", code))
+    try:
+        cli.main()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    # paused while the command imports; collecting again after, without what was built so far
+    assert seen == {"during": False, "paused": True, "after": True, "frozen": True, "code": 0}
+    assert not cli._gc_paused
