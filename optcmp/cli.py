@@ -51,7 +51,7 @@ OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment 
 
 def _imports_done() -> None:
     """`main` runs a command's first imports with the cyclic garbage collector paused:
-    importing torch builds some hundred thousand objects, and the collector's passes over
+    importing torch builds about 250,000 objects, and the collector's passes over
     them cost about a tenth of that second. Once a command has what it needs, collection
     resumes, with the objects built so far left out of its passes (`gc.freeze`), which also
     keeps forked workers from copying those pages. A no-op where `main` paused nothing."""
