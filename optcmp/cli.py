@@ -69,14 +69,6 @@ def _imports_done() -> None:
 _gc_paused = False
 
 
-def _load(config: Path, sets: list[str], sweeps: list[str]):
-    from optcmp.config import load_config
-    from optcmp.sweep import expand
-
-    loaded = load_config(config, sets, sweeps)
-    return loaded, expand(loaded.config)
-
-
 def _print_summary(table, title: str, wide: bool = False) -> None:
     """The summary at the console's width (display.py decides the columns); `wide`: every
     column, however wide the lines get."""
@@ -95,12 +87,12 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.runner import Execution, experiment_dir, plan_units, preflight
+    from optcmp.api import prepare
+    from optcmp.runner import Execution, experiment_dir, plan_units
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = _load(config, set_, sweep)
-    preflight(loaded, specs)
+    loaded, specs = prepare(config, set_, sweep)
     _imports_done()
     units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
@@ -173,14 +165,14 @@ def run(
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
-    from optcmp.runner import Execution, experiment_dir, preflight
+    from optcmp.api import prepare
+    from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs = _load(config, set_, sweep)
-            preflight(loaded, specs)
+            loaded, specs = prepare(config, set_, sweep)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
             outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
@@ -305,30 +297,11 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
             primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric."),
             wide: bool = typer.Option(False, "--wide", help="Every column, however wide (default: what carries information, fitted to the terminal).")) -> None:
     """Re-render the summary from the results on disk (no training)."""
-    from optcmp.results import collect_results, write_runs_csv
-    from optcmp.summary import write_summary
+    from optcmp.api import summarize
 
     _imports_done()
-    if not exp_dir.is_dir():
-        raise OptcmpError(f"{exp_dir}: no such experiment folder")
-    results = collect_results(exp_dir)
-    if not results:
-        raise OptcmpError(f"{exp_dir}: no finished runs here (no */result.json); run `optcmp run CONFIG` first")
-    plan_ids = _plan_ids(exp_dir)
-    if plan_ids:
-        results = sorted(results, key=lambda r: plan_ids.get(r["run_id"], len(plan_ids)))
-    write_runs_csv(exp_dir, results)
-    table = write_summary(exp_dir, primary)
+    table = summarize(exp_dir, primary)
     _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}", wide)
-
-
-def _plan_ids(exp_dir: Path) -> dict[str, int]:
-    import json
-
-    try:
-        return {r["run_id"]: i for i, r in enumerate(json.loads((exp_dir / "plan.json").read_text()))}
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 @app.command()
