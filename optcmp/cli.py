@@ -51,6 +51,21 @@ SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e
 ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can, the rest one by one; sequential: every run on its own; vectorized: as auto, but refuse (exit 2) when a run cannot be vectorized.")
 JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
+NAME_OPT = typer.Option(None, "--name", help="The experiment's name (its folder under --out), as --set name=NAME.", show_default=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from optcmp import __version__
+
+        console.print(f"optcmp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print optcmp's version and exit.")) -> None:
+    """Compare PyTorch optimizers and their hyperparameters from one YAML file."""
 
 
 def _imports_done() -> None:
@@ -82,7 +97,7 @@ def _print_summary(table, title: str, wide: bool = False) -> None:
 
 @app.command()
 def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
-         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT) -> None:
+         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT, name: Optional[str] = NAME_OPT) -> None:
     """List the runs a config expands to, their parameter groups, and which runs train
     together as one vectorized model, without training."""
     from rich.table import Table
@@ -92,7 +107,7 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = prepare(config, set_, sweep)
+    loaded, specs = prepare(config, set_, sweep, name)
     _imports_done()
     units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
@@ -161,6 +176,7 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use, e.g. auto or ray://head:10001; default: a local Ray instance."),
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run asks for (0.25 lets four share one); default 1 for device cuda, or auto on a cluster with GPUs, else 0."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
+    name: Optional[str] = NAME_OPT,
 ) -> None:
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
@@ -172,7 +188,7 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs = prepare(config, set_, sweep)
+            loaded, specs = prepare(config, set_, sweep, name)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
             outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
@@ -294,14 +310,20 @@ def tensorboard_hint(exp_dir: Path) -> str:
 
 @app.command()
 def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
-            primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric."),
+            primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric, and print only: the files keep their ranking unless --write."),
+            write: bool = typer.Option(False, "--write", help="With --metric: rewrite summary.csv/.md/.json ranked by it (the next `run` ranks by the config's summary.primary again)."),
             wide: bool = typer.Option(False, "--wide", help="Every column, however wide (default: what carries information, fitted to the terminal).")) -> None:
-    """Re-render the summary from the results on disk (no training)."""
+    """Re-render the summary from the results on disk (no training).
+
+    Rebuilds runs.csv and summary.csv/.md/.json from the run folders, ranked as the files
+    were; --metric M shows another ranking and writes nothing (unless --write)."""
     from optcmp.api import summarize
 
     _imports_done()
-    table = summarize(exp_dir, primary)
-    _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}", wide)
+    dry = primary is not None and not write
+    table = summarize(exp_dir, primary, write=not dry)
+    note = " (files unchanged; --write saves this ranking)" if dry else ""
+    _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}{note}", wide)
 
 
 @app.command()

@@ -220,6 +220,46 @@ def test_main_pauses_garbage_collection_until_the_imports_are_done(monkeypatch):
     assert not cli._gc_paused
 
 
+def test_version_is_the_packages():
+    import tomllib
+    from pathlib import Path
+
+    import optcmp
+
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"optcmp {optcmp.__version__}\n"
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert optcmp.__version__ == pyproject["project"]["version"]
+
+
+def test_name_option_names_the_experiment_folder(write_config, tmp_path):
+    result = invoke("run", write_config(), "--out", tmp_path / "runs", "--set", "name=ignored", "--name", "2024")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["2024"]  # a string, and the last word
+    assert json.loads((tmp_path / "runs" / "2024" / "adam-s0" / "result.json").read_text())["status"] == "ok"
+
+
+def test_summary_metric_prints_another_ranking_and_writes_nothing(finished):
+    exp, _ = finished
+    files = {name: (exp / name).read_text() for name in ("runs.csv", "summary.csv", "summary.md", "summary.json")}
+    result = invoke("summary", exp, "--metric", "weight_norm")
+    assert result.exit_code == 0, result.output
+    assert "cli: ranked by weight_norm (files unchanged; --write saves this ranking)" in result.output
+    assert {name: (exp / name).read_text() for name in files} == files
+    ranked = pd.read_csv(exp / "summary.csv").sort_values("weight_norm_mean")["config_id"].tolist()
+    assert [line.split()[1] for line in result.output.splitlines() if line[:1].isdigit()] == ranked
+
+    result = invoke("summary", exp, "--metric", "weight_norm", "--write")
+    assert result.exit_code == 0, result.output
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "weight_norm"
+    assert pd.read_csv(exp / "summary.csv")["config_id"].tolist() == ranked
+    result = invoke("summary", exp)  # keeps the ranking the files have
+    assert result.exit_code == 0, result.output
+    assert "cli: ranked by weight_norm\n" in result.output
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "weight_norm"
+
+
 def test_summary_wide_shows_every_column(finished):
     exp, _ = finished
     result = invoke("summary", exp, "--wide")
