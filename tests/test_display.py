@@ -1,14 +1,20 @@
 """display.py: numbers as precise as their spread, and tables that fit the terminal."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+import optcmp
 from optcmp.display import (markdown, render_text, short_key, significant, summary_view, view_width,
                             with_uncertainty)
 from optcmp.summary import aggregate
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 RUNS = pd.DataFrame(
     {
@@ -145,3 +151,25 @@ def test_markup_in_an_id_is_printed_as_it_is():
     table = aggregate(sweep_runs(["adam-nodecay[bias]", "adam-[bold]x"]))
     shown = text(table, 80)
     assert "adam-nodecay[bias]" in shown and "adam-[bold]x" in shown
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> list[optcmp.Experiment]:
+    """Every shipped config trained with few steps (its ids and columns are what matter)."""
+    out = tmp_path_factory.mktemp("shipped")
+    experiments = []
+    for path in CONFIGS:
+        unit = "steps" if "steps" in yaml.safe_load(path.read_text())["train"] else "epochs"
+        experiments.append(optcmp.run(path, out=out, overrides={f"train.{unit}": 80 if unit == "steps" else 2,
+                                                                "log.histograms.every": 0}))
+    return experiments
+
+
+def test_every_shipped_summary_fits_80_columns_with_every_id_whole(shipped):
+    assert [e.name for e in shipped] == ["adam-vs-adamw", "linear-classifier", "lr-schedule", "real-data", "weight-decay"]
+    for experiment in shipped:
+        shown = experiment.table(width=80)
+        assert max(map(len, shown.splitlines())) <= 80, shown
+        for config_id in experiment.summary["config_id"]:
+            assert re.search(rf"(?<![\w.,-]){re.escape(config_id)}(?![\w.,-])", shown), (config_id, shown)
+        assert experiment.summary["config_id"].iloc[0] in shown.splitlines()[3]  # the best first
