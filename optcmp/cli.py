@@ -347,7 +347,7 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
 @app.command()
 def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
-    """Write report.html with loss, weight-norm and weight-distribution plots (no training)."""
+    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training)."""
     from optcmp.report import write_report
 
     _imports_done()

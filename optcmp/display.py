@@ -282,7 +282,7 @@ def _wrap(entries: list[str], width: int, first: str = "", indent: str = "  ", s
     return lines
 
 
-def notes(layout: Layout, width: int) -> list[str]:
+def notes(layout: Layout, width: int, more: str = "--wide shows all") -> list[str]:
     """The lines under a narrow table: what every config shares, what is not shown."""
     lines = []
     if layout.same:
@@ -293,7 +293,7 @@ def notes(layout: Layout, width: int) -> list[str]:
     if layout.shared:
         left_out.append(f"{', '.join(c.header for c in layout.shared)} (per vectorized group)")
     if left_out:
-        lines += _wrap(left_out, width, "not shown (--wide shows all): ", sep=", ")
+        lines += _wrap(left_out, width, f"not shown ({more}): ", sep=", ")
     return lines
 
 
@@ -393,7 +393,7 @@ def html_table(columns: list[Column]) -> str:
     return f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def html_summary(table, width: int | None = None) -> str:
+def html_summary(table, width: int | None = None, more: str = "every column below") -> str:
     """The summary as HTML: every column (`width` None), or what a `width`-character table
     would show, with the lines under it as paragraphs."""
     import html
@@ -401,7 +401,7 @@ def html_summary(table, width: int | None = None) -> str:
     layout = None if width is None else narrow_layout(table, lambda cols: table_width(cols) <= width)
     if layout is None:
         return html_table(wide_layout(table).columns)
-    return html_table(layout.columns) + "".join(f'<p class="note">{html.escape(line)}</p>' for line in notes(layout, width))
+    return html_table(layout.columns) + "".join(f'<p class="note">{html.escape(line)}</p>' for line in notes(layout, width, more))
 
 
 def compare_table(frame):

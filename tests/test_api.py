@@ -150,3 +150,10 @@ def test_table_and_notebook_view(experiment):
     for config_id in experiment.summary["config_id"]:
         assert f'<td class="l">{config_id}</td>' in page
     assert repr(experiment) == f"Experiment({str(experiment.dir)!r})"
+
+
+def test_report_writes_one_html_file(experiment):
+    path = experiment.report()
+    assert path == experiment.dir / "report.html"
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('<img src="data:image/png;base64,') == 4

@@ -4,8 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -13,22 +11,11 @@ import optcmp
 from optcmp.display import (markdown, render_text, short_key, significant, summary_view, view_width,
                             with_uncertainty)
 from optcmp.summary import aggregate
+from tests.test_summary import RUNS as SUMMARY_RUNS
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
-RUNS = pd.DataFrame(
-    {
-        "run_id": ["a-s0", "a-s1", "a-s2", "b-s0", "b-s1", "b-s2"],
-        "config_id": ["a", "a", "a", "b", "b", "b"],
-        "seed": [0, 1, 2, 0, 1, 2],
-        "status": ["ok", "ok", "ok", "ok", "ok", "diverged"],
-        "decay": ["coupled"] * 3 + ["decoupled"] * 3,
-        "optimizer.name": ["adam"] * 3 + ["adamw"] * 3,
-        "train_loss": [0.50, 0.55, 0.62, 0.40, 0.44, np.nan],
-        "val_loss": [0.70, 0.72, 0.80, 0.90, 0.95, np.nan],
-        "val_accuracy": [0.81, 0.80, 0.78, 0.70, 0.72, np.nan],
-    }
-)
+RUNS = SUMMARY_RUNS  # two configs, three seeds, one diverged
 
 
 def text(table, width: int, wide: bool = False) -> str:
