@@ -236,8 +236,8 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
     where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
     # Workers may be forked from this process: no display thread may hold a lock then.
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
     )
     with progress:
         runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
