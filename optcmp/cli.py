@@ -6,20 +6,24 @@ Heavy modules (torch, pandas, tensorboard) are imported inside the commands, so
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from optcmp.errors import OptcmpError
 
-console = Console()
-if not console.is_terminal:  # piped or captured: print tables whole instead of wrapping at 80
-    console = Console(width=200)
-err_console = Console(stderr=True)
+# Markup off: what is printed is printed as it is, so `pip install 'optcmp[report]'` keeps
+# its `[report]` and a config id with brackets stays whole; styles are given as Text.
+console = Console(markup=False, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:  # piped or captured: a wide page, not 80
+    console = Console(width=200, markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 
 class _Group(TyperGroup):
@@ -29,7 +33,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except OptcmpError as e:
-            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+            err_console.print(Text.assemble(("error:", "red"), f" {e}"), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
 
@@ -47,6 +51,21 @@ SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e
 ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can, the rest one by one; sequential: every run on its own; vectorized: as auto, but refuse (exit 2) when a run cannot be vectorized.")
 JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
+NAME_OPT = typer.Option(None, "--name", help="The experiment's name (its folder under --out), as --set name=NAME.", show_default=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from optcmp import __version__
+
+        console.print(f"optcmp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print optcmp's version and exit.")) -> None:
+    """Compare PyTorch optimizers and their hyperparameters from one YAML file."""
 
 
 def _imports_done() -> None:
@@ -65,41 +84,30 @@ def _imports_done() -> None:
 _gc_paused = False
 
 
-def _load(config: Path, sets: list[str], sweeps: list[str]):
-    from optcmp.config import load_config
-    from optcmp.sweep import expand
+def _print_summary(table, title: str, wide: bool = False) -> None:
+    """The summary at the console's width (display.py decides the columns); `wide`: every
+    column, however wide the lines get."""
+    from optcmp.display import summary_view, view_width
 
-    loaded = load_config(config, sets, sweeps)
-    return loaded, expand(loaded.config)
-
-
-def _summary_table(table, title: str):
-    from rich.table import Table
-
-    from optcmp.summary import display_table
-
-    columns, rows = display_table(table)
-    out = Table(title=title, header_style="bold")
-    for col in columns:
-        out.add_column(col, justify="right" if col not in ("config", "decay", "status") else "left")
-    for row in rows:
-        out.add_row(*row)
-    return out
+    out, width = console, view_width(table, console.width, wide)
+    if width > console.width:
+        out = Console(file=console.file, width=width, markup=False, highlight=False, color_system=console.color_system)
+    out.print(summary_view(table, width, wide, title), crop=False)
 
 
 @app.command()
 def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
-         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT) -> None:
+         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT, name: Optional[str] = NAME_OPT) -> None:
     """List the runs a config expands to, their parameter groups, and which runs train
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.runner import Execution, experiment_dir, plan_units, preflight
+    from optcmp.api import prepare
+    from optcmp.runner import Execution, experiment_dir, plan_units
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = _load(config, set_, sweep)
-    preflight(loaded, specs)
+    loaded, specs = prepare(config, set_, sweep, name)
     _imports_done()
     units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
@@ -117,23 +125,19 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 def _print_units(units, engine: str, jobs: int, base_dir: Path | None) -> None:
     """How `run --engine ENGINE --jobs JOBS` trains the runs (`units`, from `plan_units`):
     vectorized groups (split across processes), and runs on their own with the reason."""
-    from rich.markup import escape
-
     if engine == "sequential":
-        console.print(f"engine sequential: {len(units)} runs one by one", highlight=False)
+        console.print(f"engine sequential: {len(units)} runs one by one")
         return
     from optcmp.vectorized import describe_units
 
     where = f" on {jobs} processes" if jobs > 1 else ""
-    console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}", highlight=False)
+    console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}")
     for line in describe_units(units, base_dir):
-        console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
+        console.print(f"  {line}", soft_wrap=True)
 
 
 def _print_groups(loaded, specs) -> None:
     """The resolved optimizer parameter groups and schedule of the first run of each config."""
-    from rich.markup import escape
-
     from optcmp.data import build_data
     from optcmp.models import build_model
     from optcmp.optimizers import decay_semantics, describe_schedule, group_names, optimizer_class, schedule_length
@@ -146,17 +150,17 @@ def _print_groups(loaded, specs) -> None:
         data = build_data(s.config.data, s.seed, loaded.base_dir)
         model = build_model(s.config.model, data.n_features, data.n_outputs)
         cls = optimizer_class(s.config.optimizer.name).__name__
-        console.print(f"[bold]{escape(s.config_id)}[/]: {escape(cls)}, decay {decay_semantics(s.config.optimizer)}",
-                      highlight=False, soft_wrap=True)
+        console.print(Text.assemble((s.config_id, "bold"), f": {cls}, decay {decay_semantics(s.config.optimizer)}"),
+                      soft_wrap=True)
         for i, g in enumerate(group_names(model, s.config.optimizer)):
             opts = ", ".join(f"{k}={v}" for k, v in g.items() if k != "params")
             names = g["params"]
             listed = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
             count = f"{len(names)} tensor{'s' if len(names) != 1 else ''}"
-            console.print(escape(f"  group {i}: {opts + '; ' if opts else ''}{count}: {listed}"), highlight=False, soft_wrap=True)
+            console.print(f"  group {i}: {opts + '; ' if opts else ''}{count}: {listed}", soft_wrap=True)
         schedule = describe_schedule(s.config.scheduler, schedule_length(s.config, len(data.x_train)))
         if schedule:
-            console.print(escape(f"  schedule: {schedule}"), highlight=False, soft_wrap=True)
+            console.print(f"  schedule: {schedule}", soft_wrap=True)
 
 
 @app.command()
@@ -172,18 +176,19 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use, e.g. auto or ray://head:10001; default: a local Ray instance."),
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run asks for (0.25 lets four share one); default 1 for device cuda, or auto on a cluster with GPUs, else 0."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
+    name: Optional[str] = NAME_OPT,
 ) -> None:
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
-    from optcmp.runner import Execution, experiment_dir, preflight
+    from optcmp.api import prepare
+    from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs = _load(config, set_, sweep)
-            preflight(loaded, specs)
+            loaded, specs = prepare(config, set_, sweep, name)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
             outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
@@ -199,7 +204,7 @@ def _warn_oversubscribed(execution) -> None:
     wanted, cores = execution.jobs * execution.threads, available_cores()
     if execution.executor == "local" and wanted > cores:
         err_console.print(f"warning: --jobs {execution.jobs} × --threads {execution.threads} = {wanted} threads "
-                          f"on {cores} cores: the runs will slow each other down", highlight=False)
+                          f"on {cores} cores: the runs will slow each other down")
 
 
 @contextmanager
@@ -231,8 +236,8 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
     where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
     # Workers may be forked from this process: no display thread may hold a lock then.
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
     )
     with progress:
         runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
@@ -243,7 +248,7 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
             if kept:
                 progress.console.print(
                     f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
-                    f"{len(todo)} to run (--fresh starts over)", highlight=False, soft_wrap=True)
+                    f"{len(todo)} to run (--fresh starts over)", soft_wrap=True)
 
         def unit_start(unit):
             more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
@@ -266,23 +271,23 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     results = outcome.results
     if results:
         table = aggregate(read_run_table(exp_dir), primary)
-        console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.primary}"))
+        _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}")
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
     kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
     console.print(
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
-        + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""), highlight=False,
+        + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
     )
     troubled = [r for r in results if r["status"] in ("failed", "diverged")]
     for r in troubled[:10]:
-        console.print(f"  {r['status']}: {r['run_id']}: {r['error']}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"  {r['status']}: {r['run_id']}: {r['error']}", soft_wrap=True)
     if len(troubled) > 10:
         console.print(f"  … and {len(troubled) - 10} more (see the error column of runs.csv)")
     if results:
         console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
-        console.print(f"TensorBoard: tensorboard --logdir {exp_dir}")
+        console.print(tensorboard_hint(exp_dir), soft_wrap=True)
     if outcome.interrupted:
         left = planned - len(results) + counts["interrupted"]
         console.print(f"Interrupted with {left} of {planned} runs left to do; "
@@ -293,34 +298,32 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
         raise typer.Exit(1)
 
 
+def tensorboard_hint(exp_dir: Path) -> str:
+    """How to look at the run's TensorBoard logs: the command where TensorBoard is installed,
+    else how to install it (the logs are written either way)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        return f"TensorBoard: tensorboard --logdir {exp_dir}"
+    return f"TensorBoard logs written; to view them: pip install 'optcmp[tensorboard]', then optcmp board {exp_dir}"
+
+
 @app.command()
 def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
-            primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric.")) -> None:
-    """Re-render the summary from the results on disk (no training)."""
-    from optcmp.results import collect_results, write_runs_csv
-    from optcmp.summary import write_summary
+            primary: Optional[str] = typer.Option(None, "--metric", help="Rank by this metric, and print only: the files keep their ranking unless --write."),
+            write: bool = typer.Option(False, "--write", help="With --metric: rewrite summary.csv/.md/.json ranked by it (the next `run` ranks by the config's summary.primary again)."),
+            wide: bool = typer.Option(False, "--wide", help="Every column, however wide (default: what carries information, fitted to the terminal).")) -> None:
+    """Re-render the summary from the results on disk (no training).
+
+    Rebuilds runs.csv and summary.csv/.md/.json from the run folders, ranked as the files
+    were; --metric M shows another ranking and writes nothing (unless --write)."""
+    from optcmp.api import summarize
 
     _imports_done()
-    if not exp_dir.is_dir():
-        raise OptcmpError(f"{exp_dir}: no such experiment folder")
-    results = collect_results(exp_dir)
-    if not results:
-        raise OptcmpError(f"{exp_dir}: no finished runs here (no */result.json); run `optcmp run CONFIG` first")
-    plan_ids = _plan_ids(exp_dir)
-    if plan_ids:
-        results = sorted(results, key=lambda r: plan_ids.get(r["run_id"], len(plan_ids)))
-    write_runs_csv(exp_dir, results)
-    table = write_summary(exp_dir, primary)
-    console.print(_summary_table(table, f"{exp_dir.name}: ranked by {table.primary}"))
-
-
-def _plan_ids(exp_dir: Path) -> dict[str, int]:
-    import json
-
-    try:
-        return {r["run_id"]: i for i, r in enumerate(json.loads((exp_dir / "plan.json").read_text()))}
-    except (FileNotFoundError, ValueError):
-        return {}
+    dry = primary is not None and not write
+    table = summarize(exp_dir, primary, write=not dry)
+    note = " (files unchanged; --write saves this ranking)" if dry else ""
+    _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}{note}", wide)
 
 
 @app.command()
@@ -329,6 +332,7 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
     """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
     from optcmp.compare import write_compare
+    from optcmp.display import compare_table
 
     _imports_done()
     frame = write_compare(exp_dir, metric, baseline)
@@ -336,35 +340,18 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
     for sentence in frame["sentence"]:
-        console.print(f"• {sentence}", highlight=False, soft_wrap=True)  # one line each: quotable, greppable
-    console.print(_compare_table(frame))
+        console.print(f"• {sentence}", soft_wrap=True)  # one line each: quotable, greppable
+    console.print(compare_table(frame))
     console.print(f"Written {exp_dir / 'compare.csv'}")
-
-
-def _compare_table(frame):
-    from rich.table import Table
-
-    def num(x) -> str:
-        return "–" if x != x else f"{x:.3g}"  # x != x: NaN, where a test was not possible
-
-    table = Table(title=f"{frame['metric'].iloc[0]}: paired where configs share seeds, Holm-corrected", header_style="bold")
-    for col in ("a", "b", "test", "n", "mean a", "mean b", "rel. diff", "effect d", "p", "p (Holm)", ""):
-        table.add_column(col, justify="left" if col in ("a", "b", "test") else "right")
-    for r in frame.itertuples(index=False):
-        n = str(r.n_pairs) if r.n_pairs else f"{r.n_a}/{r.n_b}"
-        rel = "–" if r.rel_diff != r.rel_diff else f"{r.rel_diff:+.1%}"
-        table.add_row(r.config_a, r.config_b, r.test, n, num(r.mean_a), num(r.mean_b), rel, num(r.effect_size),
-                      num(r.p_value), num(r.p_holm), "*" if r.significant else "")
-    return table
 
 
 @app.command()
 def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
-    """Write report.html with loss, weight-norm and weight-distribution plots (no training)."""
+    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training)."""
     from optcmp.report import write_report
 
     _imports_done()
-    console.print(f"Report: {write_report(exp_dir)}", highlight=False)
+    console.print(f"Report: {write_report(exp_dir)}")
 
 
 @app.command()
@@ -379,11 +366,11 @@ def board(
     import sys
 
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra
-        err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'", markup=False, highlight=False)
+        err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'")
         raise typer.Exit(2)
     if not directory.is_dir():
         raise OptcmpError(f"{directory}: no such folder (give the --out folder of `optcmp run`, default runs/)")
-    console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
     proc = subprocess.Popen(cmd)
     try:

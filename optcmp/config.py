@@ -376,10 +376,14 @@ def validate(data: Any, source: Source) -> ExperimentConfig:
     return config
 
 
-def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = ()) -> LoadedConfig:
-    """Read the YAML file, apply `--set KEY=VALUE` and `--sweep KEY=V1,V2`, validate once."""
+def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = (),
+                parsed: tuple[Any, dict[str, int]] | None = None) -> LoadedConfig:
+    """Read the YAML file, apply `--set KEY=VALUE` and `--sweep KEY=V1,V2`, validate once.
+
+    `parsed`: (data, key → line) of a config that is no file (the API's YAML text or dict);
+    `path` then only names it in messages, and relative paths in it are the working folder's."""
     path = Path(path)
-    data, lines = read_yaml_file(path)
+    data, lines = read_yaml_file(path) if parsed is None else parsed
     source = Source(str(path), lines)
     if data is None:
         data = {}

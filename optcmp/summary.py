@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optcmp.display import markdown, missing
 from optcmp.errors import OptcmpError
 from optcmp.results import FIRST_COLUMNS, atomic_write_text
 
@@ -28,15 +29,7 @@ METRICS = (
     "train_accuracy", "weight_norm", "near_zero_frac", "steps", "seconds", "steps_per_second",
 )
 HIGHER_IS_BETTER = ("val_accuracy", "best_val_accuracy", "train_accuracy", "steps_per_second")
-# The columns of the terminal and markdown tables, in order, when present.
-DISPLAY = ("train_loss", "best_train_loss", "val_loss", "best_val_loss", "val_accuracy", "weight_norm",
-           "near_zero_frac", "steps_per_second")
 STATUS_ORDER = ("ok", "diverged", "failed", "interrupted")
-
-
-def missing(value: Any) -> bool:
-    """An empty cell: None, or NaN (a DataFrame's way of saying the same)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _cell(text: str) -> Any:
@@ -213,40 +206,6 @@ def aggregate(runs: Any, primary: str | None = None) -> Summary:
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return Summary(columns, rows, primary)
-
-
-def _fmt(x: Any) -> str:
-    if missing(x):
-        return "–"
-    ax = abs(x)
-    return f"{x:.3g}" if ax != 0 and (ax < 1e-3 or ax >= 1e4) else f"{x:.4g}" if ax < 1 else f"{x:.4f}".rstrip("0").rstrip(".")
-
-
-def display_table(table: Summary) -> tuple[list[str], list[list[str]]]:
-    """The summary as strings, `mean ± std` per metric, for the terminal and summary.md:
-    (column names, rows)."""
-    params = [c for c in table.columns if "." in c and not c.endswith(("_mean", "_std", "_low", "_high"))]
-    metrics = [m for m in DISPLAY if f"{m}_mean" in table.columns]
-    columns = ["rank", "config", *params, "decay", *metrics, "n", "status"]
-    rows = []
-    for r in table.rows:
-        cells = [str(r["rank"]), str(r["config_id"]), *(str(r[p]) for p in params)]
-        cells.append({"coupled": "coupled (L2)"}.get(r["decay"], str(r["decay"])))
-        for m in metrics:
-            mu, sd = r[f"{m}_mean"], r[f"{m}_std"]
-            cells.append(_fmt(mu) if missing(sd) else f"{_fmt(mu)} ± {_fmt(sd)}")
-        cells += [str(r["n"]), str(r["status"])]
-        rows.append(cells)
-    return columns, rows
-
-
-def markdown(table: Summary) -> str:
-    columns, rows = display_table(table)
-    head = "| " + " | ".join(columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(row) + " |" for row in rows]
-    note = f"Ranked by {table.primary or ''} (mean over seeds); ± is the standard deviation over seeds, n the seeds that finished ok.\n"
-    return "\n".join([head, sep, *body]) + "\n\n" + note
 
 
 def write_summary(exp_dir: Path, primary: str | None = None) -> Summary:

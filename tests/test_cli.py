@@ -218,3 +218,85 @@ def test_main_pauses_garbage_collection_until_the_imports_are_done(monkeypatch):
     # paused while the command imports; collecting again after, without what was built so far
     assert seen == {"during": False, "paused": True, "after": True, "frozen": True, "code": 0}
     assert not cli._gc_paused
+
+
+def test_version_is_the_packages():
+    import tomllib
+    from pathlib import Path
+
+    import optcmp
+
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"optcmp {optcmp.__version__}\n"
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert optcmp.__version__ == pyproject["project"]["version"]
+
+
+def test_name_option_names_the_experiment_folder(write_config, tmp_path):
+    result = invoke("run", write_config(), "--out", tmp_path / "runs", "--set", "name=ignored", "--name", "2024")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["2024"]  # a string, and the last word
+    assert json.loads((tmp_path / "runs" / "2024" / "adam-s0" / "result.json").read_text())["status"] == "ok"
+
+
+def test_summary_metric_prints_another_ranking_and_writes_nothing(finished):
+    exp, _ = finished
+    files = {name: (exp / name).read_text() for name in ("runs.csv", "summary.csv", "summary.md", "summary.json")}
+    result = invoke("summary", exp, "--metric", "weight_norm")
+    assert result.exit_code == 0, result.output
+    assert "cli: ranked by weight_norm (files unchanged; --write saves this ranking)" in result.output
+    assert {name: (exp / name).read_text() for name in files} == files
+    ranked = pd.read_csv(exp / "summary.csv").sort_values("weight_norm_mean")["config_id"].tolist()
+    assert [line.split()[1] for line in result.output.splitlines() if line[:1].isdigit()] == ranked
+
+    result = invoke("summary", exp, "--metric", "weight_norm", "--write")
+    assert result.exit_code == 0, result.output
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "weight_norm"
+    assert pd.read_csv(exp / "summary.csv")["config_id"].tolist() == ranked
+    result = invoke("summary", exp)  # keeps the ranking the files have
+    assert result.exit_code == 0, result.output
+    assert "cli: ranked by weight_norm\n" in result.output
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "weight_norm"
+
+
+def test_summary_wide_shows_every_column(finished):
+    exp, _ = finished
+    result = invoke("summary", exp, "--wide")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("#"))
+    assert header.split() == ["#", "config", "weight_decay", "decay", "train_loss", "weight_norm", "near_zero_frac",
+                              "best_train_loss", "steps", "seconds", "steps_per_second", "n", "runs", "status"]
+
+
+def test_an_install_hint_keeps_its_brackets(finished, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the report extra were not installed
+    result = invoke("report", finished[0])
+    assert result.exit_code == 2
+    assert result.output == "error: optcmp report needs matplotlib: pip install 'optcmp[report]'\n"
+
+
+def test_the_sklearn_hint_keeps_its_brackets(write_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    path = write_config(SWEEP.replace("data: {kind: quadratic}", "data: {kind: sklearn, name: digits}"))
+    result = invoke("run", path, "--out", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {path}:5: data.kind: `sklearn` data sets need scikit-learn: "
+                             "pip install 'optcmp[sklearn]'\n")
+
+
+def test_tensorboard_hint_only_where_it_is_installed(monkeypatch, tmp_path):
+    import importlib.util
+
+    from optcmp.cli import tensorboard_hint
+
+    assert tensorboard_hint(tmp_path) == f"TensorBoard: tensorboard --logdir {tmp_path}"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    assert tensorboard_hint(tmp_path) == (f"TensorBoard logs written; to view them: pip install 'optcmp[tensorboard]', "
+                                          f"then optcmp board {tmp_path}")
+
+
+def test_run_ends_with_the_tensorboard_hint(finished):
+    exp, result = finished
+    assert f"TensorBoard: tensorboard --logdir {exp}" in result.output.splitlines()

@@ -1,6 +1,8 @@
-"""report.py: real PNGs, an HTML page that references them, and a sweep with missing pieces."""
+"""report.py: one self-contained HTML file, verdict first, and a sweep with missing pieces."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -11,10 +13,11 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from optcmp.report import PNG_NAMES, read_metrics, write_report
+from optcmp.report import OLD_PNGS, _plot_curves, read_metrics, weight_histograms, write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ["Loss", "Final val_loss per seed", "Final weight distributions", "Weight norm"]
 
 
 @pytest.fixture
@@ -23,44 +26,84 @@ def sweep(tmp_path) -> Path:
     return tmp_path / "sweep"
 
 
-def images_in(page: str) -> list[str]:
-    return re.findall(r'<img src="([^"]+)"', page)
+def figures_in(page: str) -> list[tuple[str, bytes]]:
+    """(title, PNG bytes) of each embedded picture, in order."""
+    found = re.findall(r'<figure><h2>([^<]+)</h2><img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return [(title, base64.b64decode(data)) for title, data in found]
 
 
-def assert_real_png(path: Path) -> None:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
-    pixels = imread(path)
-    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4), path
-    assert pixels.shape[0] >= 200 and pixels.shape[1] >= 300, (path, pixels.shape)
-    assert pixels.std() > 0.05, f"{path} is blank"
+def assert_real_png(data: bytes) -> None:
+    assert data[:8] == PNG_SIGNATURE
+    pixels = imread(io.BytesIO(data))
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.shape[0] >= 200 and pixels.shape[1] >= 300, pixels.shape
+    assert pixels.std() > 0.05, "blank"
 
 
-def test_report_draws_real_pngs_and_the_html_references_each(sweep):
+def test_the_report_is_one_file(sweep):
     path = write_report(sweep)
     assert path == sweep / "report.html"
     page = path.read_text()
     # No val/accuracy in a regression sweep, so no accuracy plot.
-    assert images_in(page) == ["loss.png", "weight_norm.png", "weights.png", "final.png"]
-    for name in images_in(page):
-        assert_real_png(sweep / name)
-    assert not (sweep / "accuracy.png").exists()
-    assert "<script" not in page and "http" not in page  # self-contained: opens offline
+    assert [title for title, _ in figures_in(page)] == FIGURES
+    for _, data in figures_in(page):
+        assert_real_png(data)
+    links = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+    assert links and all(link.startswith("data:image/png;base64,") for link in links), links
+    assert "<script" not in page and "http" not in page and "<link" not in page  # opens offline
+    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == ["report.html", "runs.csv"]
 
 
-def test_report_holds_the_compare_sentences_and_lists_what_it_left_out(sweep):
+def test_sections_in_order_verdict_first_and_tables_collapsed(sweep):
     page = write_report(sweep).read_text()
-    assert "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds</li>" in page
-    assert "<li><code>adamw-wd0.1-s3</code>: status diverged: loss became nan at step 37</li>" in page
-    assert "12 runs (11 ok, 1 diverged)" in page
-    assert "Aggregated from <code>runs.csv</code>" in page  # no summary.csv in the fixture
-    assert "<td>adamw-wd0.1</td>" in page
+    order = [page.index(f'<section id="{s}">') for s in ("verdict", "pictures", "summary", "runs")]
+    assert order == sorted(order)
+    assert [t for t, _ in figures_in(page)] == FIGURES
+    verdict = page[order[0]:order[1]]
+    assert "<p>Best by val_loss: <b>adamw-wd0.1</b> (0.438 ± 0.072, 3 seeds).</p>" in verdict
+    assert re.findall(r'<ul class="verdict">(.*?)</ul>', verdict) == [
+        "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds</li>"
+        "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.01, p=0.0043 (Holm), 3 paired seeds</li>"]
+    assert re.findall(r"<details><summary>([^<]+)</summary>", page) == [
+        "1 other comparison", "Every column (3 configs)", "Comparison table (3 rows; compare.csv has every column)",
+        "12 runs"]
+    assert "<li>no significant difference between adam-wd0.1 and adam-wd0.01 in val_loss" in page
+    assert "12 runs (11 ok, 1 diverged), ranked by val_loss" in page
 
 
-def test_report_embeds_summary_csv_when_there_is_one(sweep):
-    pd.DataFrame({"config_id": ["adamw-wd0.1"], "val_loss_mean": [0.4375]}).to_csv(sweep / "summary.csv", index=False)
+def test_the_summary_is_formatted_as_the_terminal_shows_it(sweep):
     page = write_report(sweep).read_text()
-    assert "From <code>summary.csv</code>" in page
-    assert "<td>0.4375</td>" in page
+    summary = page[page.index('<section id="summary">'):page.index("<details>", page.index('<section id="summary">'))]
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", summary) == [
+        "#", "config", "optimizer.name", "optimizer.weight_decay", "decay", "val_loss", "weight_norm",
+        "near_zero_frac", "train_loss", "n", "status"]
+    assert ('<tr><td class="l">1</td><td class="l">adamw-wd0.1</td><td class="l">adamw</td><td class="l">0.1</td>'
+            '<td class="l">decoupled</td><td class="r">0.438 ± 0.072</td>') in summary
+    assert '<p class="note">same for all: steps 200 · runs 4</p>' in summary
+
+
+def test_no_significant_difference_is_said(sweep):
+    runs = pd.read_csv(sweep / "runs.csv")
+    runs = runs[runs["config_id"] != "adamw-wd0.1"]
+    runs.to_csv(sweep / "runs.csv", index=False)
+    page = write_report(sweep).read_text()
+    assert ("<p><b>No significant difference</b> in val_loss between the 2 configs (1 comparison, "
+            "Holm-corrected at 5%).</p>") in page
+    assert "<details><summary>The comparisons</summary>" in page
+
+
+def test_the_ranking_metric_is_summary_jsons(sweep):
+    (sweep / "summary.json").write_text(json.dumps({"primary": "weight_norm", "configs": []}))
+    page = write_report(sweep).read_text()
+    assert "ranked by weight_norm" in page and "Final weight_norm per seed" in page
+    assert "<p>Best by weight_norm: <b>adamw-wd0.1</b> (7.076 ± 0.054, 3 seeds).</p>" in page
+
+
+def test_pngs_of_older_reports_are_removed(sweep):
+    for name in OLD_PNGS:
+        (sweep / name).write_bytes(PNG_SIGNATURE)
+    write_report(sweep)
+    assert not any((sweep / name).exists() for name in OLD_PNGS)
 
 
 def test_report_survives_missing_and_broken_run_files(sweep):
@@ -69,13 +112,14 @@ def test_report_survives_missing_and_broken_run_files(sweep):
     (sweep / "adam-wd0.01-s2" / "weights.npz").write_bytes(b"not a zip")
     shutil.rmtree(sweep / "adam-wd0.01-s3")  # a run folder gone altogether
     page = write_report(sweep).read_text()
-    for name in images_in(page):
-        assert_real_png(sweep / name)
-    assert len(images_in(page)) == 4
+    assert [t for t, _ in figures_in(page)] == FIGURES
+    for _, data in figures_in(page):
+        assert_real_png(data)
     assert "<code>adam-wd0.1-s0</code>: no metrics.csv: left out of the curves" in page
     assert "<code>adam-wd0.1-s1</code>: no weights.npz: left out of the weight distributions" in page
     assert "<code>adam-wd0.01-s2</code>: unreadable weights.npz" in page
     assert "<code>adam-wd0.01-s3</code>: no metrics.csv" in page
+    assert "<li><code>adamw-wd0.1-s3</code>: status diverged: loss became nan at step 37</li>" in page
 
 
 def test_report_of_an_interrupted_sweep_lists_the_runs_not_run_yet(sweep):
@@ -89,14 +133,12 @@ def test_report_of_an_interrupted_sweep_lists_the_runs_not_run_yet(sweep):
 
 
 def test_report_on_a_sweep_where_every_run_failed(sweep):
-    write_report(sweep)  # a first report leaves PNGs that must not outlive their data
     runs = pd.read_csv(sweep / "runs.csv")
     runs["status"] = "failed"
     runs.to_csv(sweep / "runs.csv", index=False)
     page = write_report(sweep).read_text()
-    assert images_in(page) == []
+    assert figures_in(page) == []
     assert "No comparison: no runs with status `ok` to compare (runs: failed 12)" in page
-    assert not any((sweep / name).exists() for name in PNG_NAMES)
 
 
 def test_accuracy_is_drawn_for_a_classification_sweep(sweep):
@@ -105,8 +147,37 @@ def test_accuracy_is_drawn_for_a_classification_sweep(sweep):
         frame["val/accuracy"] = np.where(frame["val/loss"].notna(), 0.5 + 0.1 / frame["val/loss"], np.nan)
         frame.to_csv(metrics, index=False)
     page = write_report(sweep).read_text()
-    assert "accuracy.png" in images_in(page)
-    assert_real_png(sweep / "accuracy.png")
+    assert [t for t, _ in figures_in(page)] == [*FIGURES[:3], "Validation accuracy", "Weight norm"]
+    assert_real_png(dict(figures_in(page))["Validation accuracy"])
+
+
+def test_curves_are_drawn_by_epoch_for_an_epoch_run_with_the_legend_outside():
+    # an epoch run logs once per epoch; its x-axis is the epoch, not the row's step
+    frame = pd.DataFrame({"step": [23, 46, 69], "epoch": [1.0, 2.0, 3.0], "train/loss": [0.9, 0.5, 0.4]}).set_index("step")
+    fig = _plot_curves({"adam": [frame, frame * [1, 1.1]]}, ("train/loss",), {"adam": "C0"}, "epoch", log=True)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "epoch"
+    assert ax.lines[0].get_xdata().tolist() == [1.0, 2.0, 3.0]
+    assert ax.lines[0].get_ydata() == pytest.approx([0.945, 0.525, 0.42])
+    assert ax.get_legend() is None and [t.get_text() for t in fig.legends[0].get_texts()] == ["adam (n=2)"]
+    by_step = _plot_curves({"adam": [frame]}, ("train/loss",), {"adam": "C0"}, "step", log=True)
+    assert by_step.axes[0].get_xlabel() == "step" and by_step.axes[0].lines[0].get_xdata().tolist() == [23, 46, 69]
+
+
+def test_weight_histograms_per_seed_on_shared_bins():
+    rng = np.random.default_rng(0)
+    seeds = {"a": [rng.normal(0, 1, 500), rng.normal(0, 1.2, 400)], "b": [rng.normal(0.5, 0.3, 300)]}
+    bins, densities = weight_histograms(seeds)
+    everything = np.concatenate([*seeds["a"], *seeds["b"]])
+    low, high = np.quantile(everything, [0.005, 0.995])
+    assert (bins[0], bins[-1]) == pytest.approx((low, high))
+    for config, arrays in seeds.items():
+        assert densities[config].shape == (len(arrays), len(bins) - 1)
+        for row, w in zip(densities[config], arrays):
+            # a density over all of the run's weights: the mass outside the range is not spread
+            assert row == pytest.approx(np.histogram(w, bins=bins)[0] / (len(w) * np.diff(bins)))
+            assert (row * np.diff(bins)).sum() == pytest.approx(np.mean((w >= low) & (w <= high)))
+    assert weight_histograms({"a": [np.array([np.nan])]}) is None
 
 
 def test_read_metrics_merges_the_rows_of_one_step(tmp_path):
@@ -163,7 +234,8 @@ def test_run_then_compare_and_report_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"Report: {exp / 'report.html'}" in result.output.replace("\n", "")
     page = (exp / "report.html").read_text()
-    assert images_in(page) == ["loss.png", "weight_norm.png", "weights.png", "final.png"]
-    for name in images_in(page):
-        assert_real_png(exp / name)
+    assert [t for t, _ in figures_in(page)] == ["Loss", "Final train_loss per seed", "Final weight distributions",
+                                                 "Weight norm"]
+    for _, data in figures_in(page):
+        assert_real_png(data)
     assert "Left out" not in page

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from optcmp.errors import OptcmpError
-from optcmp.summary import aggregate, markdown, mean_ci
+from optcmp.summary import aggregate, mean_ci
 
 RUNS = pd.DataFrame(
     {
@@ -61,11 +61,3 @@ def test_unknown_primary_is_a_user_error():
     with pytest.raises(OptcmpError) as exc:
         aggregate(RUNS, "loss")
     assert str(exc.value) == "summary.primary: unknown metric `loss`; allowed: train_loss, val_loss, val_accuracy"
-
-
-def test_markdown_shows_mean_std_and_n():
-    text = markdown(aggregate(RUNS))
-    lines = text.splitlines()
-    assert lines[0] == "| rank | config | optimizer.name | decay | train_loss | val_loss | val_accuracy | n | status |"
-    assert lines[2].startswith("| 1 | a | adam | coupled (L2) | 0.5567 ± 0.06028 | 0.74 ± 0.05292 |")
-    assert "Ranked by val_loss" in text
