@@ -163,7 +163,7 @@ def chaos_sentences(chaos: dict[str, dict], metric: str, available: Sequence[str
     `chaos`: config_id -> {"seed": probe seed, "sensitivity": {metric: ratio or None},
     "chaotic": [metric, ...]} for the configs that were probed (see summary.chaos_by_config).
     `available`: metrics present in the runs, for the "rank by" advice.
-    e.g. "train_loss is chaotic here: a 1-ulp perturbation of seed 0 moved it by 40 % of the
+    e.g. "train_loss is chaotic in adam-wd0.1: a 1-ulp perturbation of seed 0 moved it by 40 % of the
     seed-to-seed spread; rank by best_train_loss".
     """
     if not chaos:
@@ -181,7 +181,7 @@ def chaos_sentences(chaos: dict[str, dict], metric: str, available: Sequence[str
         else:
             span = _pct(finite[0]) if finite[0] == finite[-1] else f"{_pct(finite[0])} to {_pct(finite[-1])}"
             moved = f"moved it by {span} of the seed-to-seed spread"
-        where = "here" if probed == 1 else f"in {len(flagged)} of {probed} probed configs"
+        where = f"in {next(iter(flagged))}" if len(flagged) == 1 else f"in {len(flagged)} of {probed} probed configs"
         out.append(f"{metric} is chaotic {where}: a 1-ulp perturbation of {seed} {moved}; "
                    + _advice(chaos, metric, available))
     others = [m for m in CHAOS_METRICS if m != metric and any(m in info["chaotic"] for info in chaos.values())]

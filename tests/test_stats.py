@@ -90,7 +90,7 @@ def test_chaos_sentences():
                       "chaotic": ["train_loss", "weight_norm"]}}
     available = ["train_loss", "best_train_loss", "weight_norm"]
     assert chaos_sentences(chaos, "train_loss", available) == [
-        "train_loss is chaotic here: a 1-ulp perturbation of seed 0 moved it by 40 % of the seed-to-seed "
+        "train_loss is chaotic in adam: a 1-ulp perturbation of seed 0 moved it by 40 % of the seed-to-seed "
         "spread; rank by best_train_loss",
         "also chaotic (a 1-ulp perturbation moves them by >= 1 % of the seed-to-seed spread): weight_norm",
     ]
@@ -100,7 +100,7 @@ def test_chaos_sentences():
         "train_loss is chaotic in 2 of 2 probed configs: a 1-ulp perturbation of seed 0 moved it by 40 % to "
         "230 % of the seed-to-seed spread; so are best_train_loss: single runs do not reproduce; compare means "
         "over many seeds, not single seeds")
-    assert chaos_sentences(chaos, "weight_norm", available)[0].startswith("weight_norm is chaotic in 1 of 2 probed")
+    assert chaos_sentences(chaos, "weight_norm", available)[0].startswith("weight_norm is chaotic in adam: ")
     assert chaos_sentences({}, "train_loss") == []
 
 
