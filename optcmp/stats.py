@@ -209,7 +209,14 @@ def t_power(noncentrality: float, df: float, alpha: float = ALPHA) -> float:
     from scipy import stats
 
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, noncentrality) + stats.nct.cdf(-crit, df, noncentrality))
+    # The far tail opposite the noncentrality can come back NaN from scipy (e.g. nct.cdf(-14.1,
+    # 2, 8.47)); it equals the near tail of the mirrored distribution, which is finite (0 there).
+    upper, lower = stats.nct.sf(crit, df, noncentrality), stats.nct.cdf(-crit, df, noncentrality)
+    if math.isnan(lower):
+        lower = stats.nct.sf(crit, df, -noncentrality)
+    if math.isnan(upper):
+        upper = stats.nct.cdf(-crit, df, -noncentrality)
+    return float(upper + lower)
 
 
 def noncentrality_for_power(df: float, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -185,3 +185,11 @@ def test_sequential_design_rejects_impossible_plans():
     for bad in (dict(first=1), dict(per_round=0), dict(rounds=0), dict(alpha=1.5), dict(margin=0.0)):
         with pytest.raises(ValueError):
             SequentialDesign(**bad)
+
+
+def test_power_survives_scipys_nan_in_the_far_tail():
+    # scipy's nct.cdf(-14.09, 2, 8.47) is NaN; the power is the upper tail alone there.
+    crit = stats.t.ppf(1 - 0.05 / 6, 2)
+    assert t_power(8.47120206678285, 2, 0.05 / 3) == pytest.approx(stats.nct.sf(crit, 2, 8.47120206678285), abs=1e-12)
+    nc = noncentrality_for_power(2, 0.05 / 3)
+    assert stats.nct.sf(crit, 2, nc) == pytest.approx(0.8, abs=1e-9)
