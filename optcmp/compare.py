@@ -53,7 +53,7 @@ RANK_TESTS = ("Wilcoxon signed-rank", "Mann-Whitney U")
 
 COLUMNS = ["config_a", "config_b", "metric", "test", "n_a", "n_b", "n_pairs", "diverged_a", "diverged_b",
            "mean_a", "mean_b", "diff", "diff_ci95_low", "diff_ci95_high", "rel_diff", "effect_size",
-           "rank_biserial", "p_value", "p_holm", "significant", "n_comparisons", "detectable_diff",
+           "rank_biserial", "diff_se", "df", "p_value", "p_holm", "significant", "n_comparisons", "detectable_diff",
            "detectable_rel", "p_diverged", "p_diverged_holm", "diverged_significant", "note", "sentence",
            "power_sentence"]
 _PAIR_COLUMNS = COLUMNS[:COLUMNS.index("p_holm")] + ["detectable_diff", "detectable_rel", "p_diverged", "note"]
@@ -108,7 +108,8 @@ def compare_configs(runs: pd.DataFrame, metric: str | None = None,
     """One row per pair of configs (or per config against `baseline`) with a test on `metric`.
 
     Columns: see `COLUMNS`. `diff = mean_a - mean_b`, `rel_diff = diff / |mean_b|`,
-    `effect_size` is Cohen's d (d_z, the mean difference over its SD, when paired), `p_holm`
+    `effect_size` is Cohen's d (d_z, the mean difference over its SD, when paired), `diff_se` and
+    `df` the t test's standard error of `diff` and its degrees of freedom, `p_holm`
     the Holm-corrected p-value and `significant` means `p_holm < alpha`. Paired rows use only
     the seeds both configs have; `mean_a`/`mean_b` are over the ok runs the test used. Rank tests
     (see the module docstring) leave `diff` and its interval empty.
@@ -265,7 +266,7 @@ def _compare_pair(outcomes: pd.DataFrame, metric: str, a: str, b: str, shared_in
     row = dict(config_a=a, config_b=b, metric=metric, test="none", n_a=len(xa), n_b=len(xb),
                n_pairs=len(common) if paired else 0, diverged_a=len(xa) - len(fa), diverged_b=len(xb) - len(fb),
                mean_a=fa.mean(), mean_b=fb.mean(), diff=np.nan, diff_ci95_low=np.nan, diff_ci95_high=np.nan,
-               rel_diff=np.nan, effect_size=np.nan, rank_biserial=np.nan, p_value=np.nan,
+               rel_diff=np.nan, effect_size=np.nan, rank_biserial=np.nan, diff_se=np.nan, df=np.nan, p_value=np.nan,
                detectable_diff=np.nan, detectable_rel=np.nan, p_diverged=np.nan, note="")
     row["p_diverged"] = _fisher(row["diverged_a"], row["n_a"], row["diverged_b"], row["n_b"])
     if len(xa) < 2 or len(xb) < 2:
@@ -332,7 +333,8 @@ def _paired_test(xa: pd.Series, xb: pd.Series, alpha: float) -> dict:
         res = stats.ttest_rel(xa.to_numpy(), xb.to_numpy())
     ci = res.confidence_interval(0.95)
     return dict(test="paired t", p_value=float(res.pvalue), effect_size=d.mean() / sd,
-                diff_ci95_low=float(ci.low), diff_ci95_high=float(ci.high),
+                diff_ci95_low=float(ci.low), diff_ci95_high=float(ci.high), diff_se=sd / math.sqrt(len(d)),
+                df=float(res.df),
                 detectable_diff=detectable_paired(sd, len(d), alpha))
 
 
@@ -349,6 +351,7 @@ def _welch_test(xa: pd.Series, xb: pd.Series, alpha: float) -> dict:
     ci = res.confidence_interval(0.95)
     return dict(test="Welch t", p_value=float(res.pvalue), effect_size=(a.mean() - b.mean()) / pooled,
                 diff_ci95_low=float(ci.low), diff_ci95_high=float(ci.high),
+                diff_se=math.sqrt(a.var(ddof=1) / na + b.var(ddof=1) / nb), df=float(res.df),
                 detectable_diff=detectable_welch(a.std(ddof=1), na, b.std(ddof=1), nb, alpha))
 
 
