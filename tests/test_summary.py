@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -198,3 +199,16 @@ def test_summary_json_carries_ranking_notes_and_chaos(tmp_path):
     on_disk = pd.read_csv(tmp_path / "summary.csv").set_index("config_id")
     assert on_disk.loc["a", "chaotic"] == "train_loss" and on_disk.loc["a", "diverged"] == 0
     assert on_disk.loc["a", "train_loss_sensitivity"] == pytest.approx(0.4 / np.std([3.0, 3.5, 4.5], ddof=1))
+
+
+def test_write_summary_imports_neither_pandas_nor_scipy_stats(tmp_path):
+    # The summary is written at the end of every `optcmp run`: scipy.special only, for the t quantile.
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(Path(__file__).parent / "fixtures" / "sweep", tmp_path / "sweep")
+    code = (f"import sys; from optcmp.summary import write_summary; write_summary({str(tmp_path / 'sweep')!r}); "
+            "print(sorted(m for m in ('pandas', 'scipy.stats', 'scipy.special', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['scipy.special']"
