@@ -66,7 +66,7 @@ def test_run_writes_every_output(finished):
         assert row["train_loss_mean"] == pytest.approx(group["train_loss"].mean())
         assert row["train_loss_std"] == pytest.approx(group["train_loss"].std(ddof=1))
     assert (exp / "summary.md").read_text().startswith("| rank | config | optimizer.weight_decay | decay |")
-    assert json.loads((exp / "summary.json").read_text())["primary"] == "train_loss"
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "best_train_loss"
     assert "adam-wd0.1" in result.output and "coupled (L2)" in result.output
 
 

@@ -121,7 +121,7 @@ def test_a_null_difference_is_not_significant_and_the_test_is_calibrated():
 def test_sentences_on_the_fixture_sweep():
     # adamw-wd0.1 diverged on seed 3: that is an outcome (ranked worst), not a dropped seed, so
     # its 12% lower val_loss on the 3 survivors is no longer called significant, and it comes last.
-    frame = compare_configs(read_runs(FIXTURE), None, None)
+    frame = compare_configs(read_runs(FIXTURE), "val_loss", None)
     assert list(frame["sentence"]) == [
         "no significant difference between adam-wd0.1 and adam-wd0.01 in val_loss "
         "(adam-wd0.1 0.7% lower, p=1 (Holm), 4 paired seeds)",
@@ -182,6 +182,17 @@ def test_default_metric_is_val_loss_where_there_is_one():
     assert compare_configs(runs)["metric"].tolist() == ["val_loss"]
     runs["val_loss"] = np.nan
     assert compare_configs(runs)["metric"].tolist() == ["train_loss"]
+
+
+def test_default_metric_is_best_so_far_where_runs_report_it():
+    # Best-so-far is the least chaotic loss on the reference MLP (benchmarks/chaos_probe.py).
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})
+    runs["best_train_loss"] = runs["train_loss"]
+    assert compare_configs(runs)["metric"].tolist() == ["val_loss"]
+    runs["best_val_loss"] = runs["val_loss"]
+    assert compare_configs(runs)["metric"].tolist() == ["best_val_loss"]
+    runs[["val_loss", "best_val_loss"]] = np.nan
+    assert compare_configs(runs)["metric"].tolist() == ["best_train_loss"]
 
 
 def test_bad_metric_names_what_is_allowed():

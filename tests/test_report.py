@@ -50,7 +50,7 @@ def test_report_draws_real_pngs_and_the_html_references_each(sweep):
 def test_report_holds_the_compare_sentences_and_lists_what_it_left_out(sweep):
     page = write_report(sweep).read_text()
     # adamw-wd0.1's diverged seed counts (ranked worst): the comparison is rank-based, not significant.
-    assert ("<li>no significant difference between adam-wd0.1 and adamw-wd0.1 in val_loss (adamw-wd0.1 ranks "
+    assert ("<li>no significant difference between adam-wd0.1 and adamw-wd0.1 in best_val_loss (adamw-wd0.1 ranks "
             "lower, p=1 (Holm), Wilcoxon signed-rank with diverged runs ranked worst, 4 paired seeds); diverged: "
             "adam-wd0.1 0 of 4, adamw-wd0.1 1 of 4 (Fisher&#x27;s exact test p=1 (Holm): not a significant "
             "difference)</li>") in page
@@ -148,7 +148,8 @@ def test_run_then_compare_and_report_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     exp = tmp_path / "runs" / "tiny"
 
-    result = cli.invoke(app, ["compare", str(exp)])
+    # train_loss: the best-so-far default is taken at the evaluation points, which log.every sets.
+    result = cli.invoke(app, ["compare", str(exp), "--metric", "train_loss"])
     assert result.exit_code == 0, result.output
     # Same seeds and an irrelevant value: the runs are equal number for number.
     assert ("• no difference between adam-lr0.05-every5 and adam-lr0.05-every10 in train_loss: "
