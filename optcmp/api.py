@@ -198,11 +198,11 @@ class Experiment:
     def table(self, width: int = 100, wide: bool = False, metric: str | None = None) -> str:
         """The summary as the terminal shows it, `width` characters wide (`metric`: ranked
         by it instead, without writing anything)."""
-        from optcmp.display import render_text, summary_view, view_width
+        from optcmp.display import render_text, summary_view, title, view_width
 
         table = self._table(metric)
         width = view_width(table, width, wide)
-        return render_text(summary_view(table, width, wide, f"{self.name}: ranked by {table.primary}"), width)
+        return render_text(summary_view(table, width, wide, title(self.name, table)), width)
 
     def show(self, width: int | None = None, wide: bool = False, metric: str | None = None) -> None:
         """Print `table()` (at the terminal's width by default)."""
@@ -223,8 +223,9 @@ class Experiment:
         """A notebook cell's view: the summary's columns that carry information."""
         import html
 
-        from optcmp.display import html_summary
+        from optcmp.display import html_summary, title
 
         table = self._table(None)
+        ranking = title("", table).removeprefix(": ")
         return (f"<div><p><b>optcmp experiment {html.escape(self.name)}</b> (<code>{html.escape(str(self.dir))}</code>), "
-                f"ranked by {html.escape(str(table.primary))}</p>{html_summary(table, 160)}</div>")
+                f"{html.escape(ranking)}</p>{html_summary(table, 160)}</div>")

@@ -266,12 +266,13 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
 
 
 def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
+    from optcmp.display import title
     from optcmp.summary import aggregate, read_run_table
 
     results = outcome.results
     if results:
         table = aggregate(read_run_table(exp_dir), primary)
-        _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}")
+        _print_summary(table, title(exp_dir.name, table))
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
@@ -318,12 +319,13 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
     Rebuilds runs.csv and summary.csv/.md/.json from the run folders, ranked as the files
     were; --metric M shows another ranking and writes nothing (unless --write)."""
     from optcmp.api import summarize
+    from optcmp.display import title
 
     _imports_done()
     dry = primary is not None and not write
     table = summarize(exp_dir, primary, write=not dry)
     note = " (files unchanged; --write saves this ranking)" if dry else ""
-    _print_summary(table, f"{exp_dir.name}: ranked by {table.primary}{note}", wide)
+    _print_summary(table, title(exp_dir.name, table) + note, wide)
 
 
 @app.command()

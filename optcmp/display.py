@@ -20,6 +20,8 @@ No torch, numpy or pandas here; rich only inside the functions that draw.
 """
 from __future__ import annotations
 
+import textwrap
+
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +48,7 @@ GENERAL = (
 # group shares them.
 TIMING = ("steps", "seconds", "steps_per_second", "group_size")
 RATES = ("seconds", "steps_per_second")  # a vectorized group's, the same for its members
-LAST = ("n", "runs", "status")  # shown after the metrics
+LAST = ("n", "runs", "status", "diverged", "diverged_frac", "chaotic")  # shown after the metrics
 PARAM_LIKE = ("variant",)  # sweep axes whose name has no dot
 _LEFT = ("config", "decay", "status", "role", "variant")
 
@@ -184,7 +186,10 @@ def columns_of(table) -> list[Column]:
     stats = {f"{m}_{s}" for m in metrics for s in ("mean", "std")}
     params = [c for c in names if c not in stats and (("." in c and not _owner(c, metrics)) or c in PARAM_LIKE)]
     rest = [c for c in names if c not in stats and c not in params and c not in ("rank", "config_id")]
-    others = [c for c in rest if not _owner(c, metrics)]
+    # a statistic of a plain column (diverged_frac's Wilson interval) belongs to it, as a metric's do
+    interval = lambda c: c.endswith(("_ci95_low", "_ci95_high")) and c.rsplit("_ci95_", 1)[0] in names  # noqa: E731
+    # a column no config has a value in (chaotic where nothing was probed) says nothing
+    others = [c for c in rest if not _owner(c, metrics) and not interval(c) and not all(missing(r.get(c)) for r in rows)]
     asked = set(asked_by(params, primary))
 
     def column(header: str, key: str, kind: str, priority: float, cell=None) -> Column:
@@ -199,7 +204,9 @@ def columns_of(table) -> list[Column]:
     for i, m in enumerate(metric_order(metrics, primary, params)):
         priority = 0 if m == primary else 2 if m in asked else 6 if m in TIMING else 4 + i / 100
         cols.append(column(m, m, "metric", priority, lambda r, m=m: with_uncertainty(r.get(f"{m}_mean"), r.get(f"{m}_std"))))
-    cols += [column(c, c, "other", 6 if c == "runs" else 1) for c in LAST if c in others]
+    # the diverged count and share are in `status` already ("2 ok, 1 diverged"): files and --wide only
+    cols += [column(c, c, "stat" if c in _IN_STATUS else "other", 6 if c == "runs" else 7 if c in _IN_STATUS else 1)
+             for c in LAST if c in others]
     # a metric's other statistics (its 95% interval bounds are summary.csv's alone: they
     # follow from mean, std and n)
     cols += [column(c, c, "stat", 7) for c in rest if _owner(c, metrics) and not c.endswith(("_ci95_low", "_ci95_high"))]
@@ -207,6 +214,7 @@ def columns_of(table) -> list[Column]:
 
 
 _DECAY = {"coupled": "coupled (L2)"}
+_IN_STATUS = ("diverged", "diverged_frac")
 
 
 def _as_given(value: Any) -> str:
@@ -303,9 +311,10 @@ def markdown(table) -> str:
     head = "| " + " | ".join("rank" if c.key == "rank" else c.key if c.kind == "param" else c.header for c in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     body = ["| " + " | ".join(c.cells[i].replace("|", "\\|") for c in cols) + " |" for i in range(len(table.rows))]
-    note = (f"Ranked by {table.primary or ''} (mean over seeds); ± is the standard deviation over seeds, "
-            "n the seeds that finished ok; 95% intervals in summary.csv.\n")
-    return "\n".join([head, sep, *body]) + "\n\n" + note
+    ranked = f"Ranked by {table.ranked_by} (mean over seeds)" if table.ranked_by else "Not ranked"
+    note = f"{ranked}; ± is the standard deviation over seeds, n the seeds that finished ok; 95% intervals in summary.csv.\n"
+    notes_ = "".join(f"\n{n[0].upper()}{n[1:]}.\n" for n in table.notes)
+    return "\n".join([head, sep, *body]) + "\n\n" + note + notes_
 
 
 # --- drawing (rich) -----------------------------------------------------------------
@@ -347,6 +356,11 @@ def stacked(table, width: int) -> list[str]:
     return lines + notes(Layout([], layout.same, [], layout.shared, layout.duplicates), width)
 
 
+def title(name: str, table) -> str:
+    """The summary's heading: what it is ranked by, or that it is not ranked (one seed)."""
+    return f"{name}: ranked by {table.ranked_by}" if table.ranked_by else f"{name}: not ranked"
+
+
 def summary_view(table, width: int, wide: bool = False, title: str | None = None):
     """The summary for a terminal `width` columns wide (`wide`: every column, however wide):
     a title line, the table (or blocks, `stacked`), and the lines under it."""
@@ -354,12 +368,13 @@ def summary_view(table, width: int, wide: bool = False, title: str | None = None
     from rich.text import Text
 
     heading = [Text(title, style="bold")] if title else []
+    said = [Text(line) for note in table.notes for line in textwrap.wrap(note, width, subsequent_indent="  ")]
     if wide:
-        return Group(*heading, rich_table(wide_layout(table).columns))
+        return Group(*heading, rich_table(wide_layout(table).columns), *said)
     layout = narrow_layout(table, lambda cols: table_width(cols) <= width)
     if layout is None:
-        return Group(*heading, *(Text(line) for line in stacked(table, width)))
-    return Group(*heading, rich_table(layout.columns), *(Text(line) for line in notes(layout, width)))
+        return Group(*heading, *(Text(line) for line in stacked(table, width)), *said)
+    return Group(*heading, rich_table(layout.columns), *(Text(line) for line in notes(layout, width)), *said)
 
 
 def view_width(table, width: int, wide: bool) -> int:

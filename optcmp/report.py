@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from optcmp.compare import compare_configs, higher_is_better, ok_runs
-from optcmp.display import html_summary, with_uncertainty
+from optcmp.display import html_summary, title, with_uncertainty
 from optcmp.errors import OptcmpError
 from optcmp.results import atomic_write_text
 from optcmp.summary import RunTable, aggregate, default_primary, mean_ci, read_runs
@@ -387,6 +387,7 @@ def _page(directory: Path, runs: pd.DataFrame, summary, verdict: tuple[str, str]
     counts = ", ".join(f"{n} {html.escape(str(s))}" for s, n in runs["status"].value_counts().items())
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     said, comparison_table = verdict
+    ranking = title("", summary).removeprefix(": ")
     figures = "".join(
         f'<figure><h2>{html.escape(title)}</h2><img src="{uri}" alt="{html.escape(title)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -401,7 +402,7 @@ def _page(directory: Path, runs: pd.DataFrame, summary, verdict: tuple[str, str]
 <html lang="en"><head><meta charset="utf-8"><title>optcmp report: {name}</title>
 <style>{_CSS}</style></head><body>
 <h1>optcmp report: {name}</h1>
-<p>{len(runs)} runs ({counts}), ranked by {html.escape(str(summary.primary))}; written {html.escape(when)} from the files in this folder.</p>
+<p>{len(runs)} runs ({counts}), {html.escape(ranking)}; written {html.escape(when)} from the files in this folder.</p>
 <section id="verdict"><h2>Verdict</h2>{said}</section>
 <section id="pictures">{figures}</section>
 <section id="summary"><h2>Summary</h2><div class="scroll">{html_summary(summary, 160)}</div>

@@ -138,12 +138,12 @@ def test_quiet_false_says_each_run_and_the_summary(config_path, tmp_path, capfd)
     optcmp.run(config_path, out=tmp_path / "loud", quiet=False)
     out = capfd.readouterr().out.splitlines()
     assert out[:4] == ["ok          adam-wd0-s0", "ok          adam-wd0-s1", "ok          adam-wd0.1-s0", "ok          adam-wd0.1-s1"]
-    assert out[4] == "api: ranked by train_loss"
+    assert out[4] == "api: ranked by best_train_loss"
 
 
 def test_table_and_notebook_view(experiment):
     text = experiment.table(width=80)
-    assert text.splitlines()[0] == "api: ranked by train_loss"
+    assert text.splitlines()[0] == "api: ranked by best_train_loss"
     assert max(map(len, text.splitlines())) <= 80
     page = experiment._repr_html_()
     assert page.startswith("<div><p><b>optcmp experiment api</b>")

@@ -66,7 +66,7 @@ def test_run_writes_every_output(finished):
         assert row["train_loss_mean"] == pytest.approx(group["train_loss"].mean())
         assert row["train_loss_std"] == pytest.approx(group["train_loss"].std(ddof=1))
     assert (exp / "summary.md").read_text().startswith("| rank | config | optimizer.weight_decay | decay |")
-    assert json.loads((exp / "summary.json").read_text())["primary"] == "train_loss"
+    assert json.loads((exp / "summary.json").read_text())["primary"] == "best_train_loss"
     assert "adam-wd0.1" in result.output and "coupled (L2)" in result.output
 
 
@@ -265,8 +265,9 @@ def test_summary_wide_shows_every_column(finished):
     result = invoke("summary", exp, "--wide")
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if line.startswith("#"))
-    assert header.split() == ["#", "config", "weight_decay", "decay", "train_loss", "weight_norm", "near_zero_frac",
-                              "best_train_loss", "steps", "seconds", "steps_per_second", "n", "runs", "status"]
+    assert header.split() == ["#", "config", "weight_decay", "decay", "best_train_loss", "weight_norm", "near_zero_frac",
+                              "train_loss", "steps", "seconds", "steps_per_second", "n", "runs", "status", "diverged",
+                              "diverged_frac"]
 
 
 def test_an_install_hint_keeps_its_brackets(finished, monkeypatch):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from optcmp.compare import compare_configs, describe, holm, write_compare
+from optcmp.compare import compare_configs, compare_notes, describe, holm, write_compare
 from optcmp.summary import read_runs
 from optcmp.errors import OptcmpError
 
@@ -119,12 +119,25 @@ def test_a_null_difference_is_not_significant_and_the_test_is_calibrated():
 
 
 def test_sentences_on_the_fixture_sweep():
-    frame = compare_configs(read_runs(FIXTURE), None, None)
+    # adamw-wd0.1 diverged on seed 3: that is an outcome (ranked worst), not a dropped seed, so
+    # its 12% lower val_loss on the 3 survivors is no longer called significant, and it comes last.
+    frame = compare_configs(read_runs(FIXTURE), "val_loss", None)
     assert list(frame["sentence"]) == [
-        "adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds",
-        "adamw-wd0.1 has 12% lower val_loss than adam-wd0.01, p=0.0043 (Holm), 3 paired seeds",
         "no significant difference between adam-wd0.1 and adam-wd0.01 in val_loss "
-        "(adam-wd0.1 0.7% lower, p=0.42 (Holm), 4 paired seeds)",
+        "(adam-wd0.1 0.7% lower, p=1 (Holm), 4 paired seeds)",
+        "no significant difference between adam-wd0.1 and adamw-wd0.1 in val_loss (adamw-wd0.1 ranks lower, "
+        "p=1 (Holm), Wilcoxon signed-rank with diverged runs ranked worst, 4 paired seeds); diverged: adam-wd0.1 "
+        "0 of 4, adamw-wd0.1 1 of 4 (Fisher's exact test p=1 (Holm): not a significant difference)",
+        "no significant difference between adam-wd0.01 and adamw-wd0.1 in val_loss (adamw-wd0.1 ranks lower, "
+        "p=1 (Holm), Wilcoxon signed-rank with diverged runs ranked worst, 4 paired seeds); diverged: adam-wd0.01 "
+        "0 of 4, adamw-wd0.1 1 of 4 (Fisher's exact test p=1 (Holm): not a significant difference)",
+    ]
+    assert list(frame["power_sentence"]) == [
+        "n=4 paired seeds cannot tell apart differences below 3.2 % of adam-wd0.01's val_loss (power 0.8, alpha 0.05)",
+        "n=4 paired seeds: a Wilcoxon signed-rank test cannot reach p<0.05 whatever the difference "
+        "(smallest possible p 0.125); add seeds",
+        "n=4 paired seeds: a Wilcoxon signed-rank test cannot reach p<0.05 whatever the difference "
+        "(smallest possible p 0.125); add seeds",
     ]
 
 
@@ -171,6 +184,17 @@ def test_default_metric_is_val_loss_where_there_is_one():
     assert compare_configs(runs)["metric"].tolist() == ["train_loss"]
 
 
+def test_default_metric_is_best_so_far_where_runs_report_it():
+    # Best-so-far is the least chaotic loss on the reference MLP (benchmarks/chaos_probe.py).
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})
+    runs["best_train_loss"] = runs["train_loss"]
+    assert compare_configs(runs)["metric"].tolist() == ["val_loss"]
+    runs["best_val_loss"] = runs["val_loss"]
+    assert compare_configs(runs)["metric"].tolist() == ["best_val_loss"]
+    runs[["val_loss", "best_val_loss"]] = np.nan
+    assert compare_configs(runs)["metric"].tolist() == ["best_train_loss"]
+
+
 def test_bad_metric_names_what_is_allowed():
     with pytest.raises(OptcmpError) as e:
         compare_configs(read_runs(FIXTURE), "val_los", None)
@@ -182,7 +206,7 @@ def test_bad_metric_names_what_is_allowed():
 def test_bad_baseline_names_what_is_allowed():
     with pytest.raises(OptcmpError) as e:
         compare_configs(read_runs(FIXTURE), None, "adam")
-    assert str(e.value) == "--baseline: unknown config `adam`; allowed: adamw-wd0.1, adam-wd0.1, adam-wd0.01"
+    assert str(e.value) == "--baseline: unknown config `adam`; allowed: adam-wd0.1, adam-wd0.01, adamw-wd0.1"
 
 
 def test_a_folder_without_runs_csv_says_what_to_do(tmp_path):
@@ -201,7 +225,7 @@ def test_write_compare_writes_compare_csv(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "sweep")
     frame = write_compare(tmp_path / "sweep", "train_loss", "adam-wd0.01")
     on_disk = pd.read_csv(tmp_path / "sweep" / "compare.csv")
-    assert list(on_disk["config_a"]) == ["adamw-wd0.1", "adam-wd0.1"]
+    assert list(on_disk["config_a"]) == ["adam-wd0.1", "adamw-wd0.1"]  # the one with a diverged run last
     assert (on_disk["config_b"] == "adam-wd0.01").all() and (on_disk["metric"] == "train_loss").all()
     np.testing.assert_allclose(on_disk["p_holm"], frame["p_holm"])
     assert list(on_disk["sentence"]) == list(frame["sentence"])
@@ -214,3 +238,119 @@ def test_a_constant_difference_has_no_p_value_and_says_why():
     assert math.isnan(row["p_value"]) and not row["significant"]
     assert row["sentence"] == ("a has 8.7% lower val_loss than b on every one of 5 paired seeds, "
                                "with no seed-to-seed variation, so there is no p-value")
+
+
+def test_only_runs_and_finals_are_compared():
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})
+    runs["role"] = "run"
+    extra = runs.iloc[[0, 5]].assign(role=["ulp", "trial"], val_loss=[100.0, -100.0],
+                                     run_id=["a-s0-ulp", "b-t0"])
+    row = compare_configs(pd.concat([runs, extra]), "val_loss", None).iloc[0]
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(A, B).pvalue, rel=1e-12) and row["n_pairs"] == 5
+
+
+def two_of_four_diverged(paired: bool = True) -> pd.DataFrame:
+    a = {0: 0.50, 1: 0.52, 2: 0.49, 3: 0.55}
+    b = {0: 0.45, 1: 0.60, 2: 0.47, 3: 0.70} if paired else {10: 0.45, 11: 0.60, 12: 0.47, 13: 0.70}
+    ids = ("b-s1", "b-s3") if paired else ("b-s11", "b-s13")
+    return runs_frame({"a": a, "b": b}, status={i: "diverged" for i in ids})
+
+
+def test_two_of_four_seeds_diverged_are_reported_and_tested_paired():
+    runs = two_of_four_diverged()
+    row = compare_configs(runs, "val_loss", None).iloc[0]
+    assert (row["config_a"], row["config_b"]) == ("a", "b")  # b diverged: it ranks last
+    assert (row["test"], row["n_pairs"], row["diverged_a"], row["diverged_b"]) == ("Wilcoxon signed-rank", 4, 0, 2)
+    # diverged = +inf: differences a - b are 0.05, -inf, 0.02, -inf
+    d = np.array([0.50 - 0.45, -np.inf, 0.49 - 0.47, -np.inf])
+    # Exact over the 16 sign patterns of the ranks (2, 1, 3.5, 3.5): 4 have W+ <= 3, p = 2 * 4/16.
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(d).pvalue) == pytest.approx(0.5)
+    assert row["rank_biserial"] == pytest.approx((1 + 2 - 3.5 - 3.5) / 10)  # |d| ranks 2, 1, 3.5, 3.5
+    assert row["mean_b"] == pytest.approx(0.46) and np.isnan(row["diff"]) and np.isnan(row["effect_size"])
+    assert row["p_diverged"] == pytest.approx(stats.fisher_exact([[0, 4], [2, 2]]).pvalue) == pytest.approx(3 / 7)
+    assert row["sentence"] == (
+        "no significant difference between a and b in val_loss (a ranks lower, p=0.5, Wilcoxon signed-rank with "
+        "diverged runs ranked worst, 4 paired seeds); diverged: a 0 of 4, b 2 of 4 "
+        "(Fisher's exact test p=0.43 (Holm): not a significant difference)")
+
+
+def test_two_of_four_seeds_diverged_unpaired_use_mann_whitney():
+    row = compare_configs(two_of_four_diverged(paired=False), "val_loss", None).iloc[0]
+    xb = [0.45, np.inf, 0.47, np.inf]
+    ref = stats.mannwhitneyu([0.50, 0.52, 0.49, 0.55], xb, alternative="two-sided")
+    assert (row["test"], row["n_pairs"], row["diverged_b"]) == ("Mann-Whitney U", 0, 2)
+    assert row["p_value"] == pytest.approx(ref.pvalue)
+    assert row["rank_biserial"] == pytest.approx(2 * ref.statistic / 16 - 1)
+    assert row["sentence"].endswith("with diverged runs ranked worst, 4 vs 4 seeds); diverged: a 0 of 4, b 2 of 4 "
+                                    "(Fisher's exact test p=0.43 (Holm): not a significant difference)")
+
+
+def test_a_config_that_always_diverges_loses_the_rank_test():
+    a = {i: 1.0 + 0.01 * i for i in range(6)}
+    runs = runs_frame({"a": a, "b": {i: 0.0 for i in range(6)}}, status={f"b-s{i}": "diverged" for i in range(6)})
+    row = compare_configs(runs, "val_loss", None).iloc[0]
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(np.full(6, -np.inf)).pvalue) == pytest.approx(2 / 64)
+    assert row["significant"] and row["rank_biserial"] == -1.0
+    assert row["sentence"].startswith("a has lower val_loss than b (p=0.031, Wilcoxon signed-rank with diverged "
+                                      "runs ranked worst, 6 paired seeds); diverged: a 0 of 6, b 6 of 6 "
+                                      "(Fisher's exact test p=0.0022 (Holm): a significant difference)")
+
+
+def test_diverged_accuracy_runs_rank_worst_too():
+    runs = runs_frame({"a": {0: 0.9, 1: 0.8, 2: 0.85}, "b": {0: 0.95, 1: 0.9, 2: 0.99}},
+                      metric="val_accuracy", status={"b-s2": "diverged"})
+    row = compare_configs(runs, "val_accuracy", None).iloc[0]
+    d = np.array([0.9 - 0.95, 0.8 - 0.9, np.inf])  # a - b, b's diverged seed as -inf
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert row["rank_biserial"] == pytest.approx((3 - 1 - 2) / 6)
+
+
+def test_divergence_and_metric_tests_are_holm_corrected_as_separate_families():
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B)), "c": dict(enumerate(np.add(A, 0.3)))},
+                      status={"c-s0": "diverged", "c-s1": "diverged"})
+    frame = compare_configs(runs, "val_loss", None)
+    np.testing.assert_allclose(frame["p_holm"], holm(frame["p_value"]))
+    np.testing.assert_allclose(frame["p_diverged_holm"], holm(frame["p_diverged"]))
+    assert frame["p_diverged"].notna().sum() == 2  # a-b had no divergence: no test
+
+
+def test_detectable_difference_of_a_paired_test_has_power_0_8():
+    row = compare_configs(runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))}), "val_loss").iloc[0]
+    n, sd = 5, np.subtract(A, B).std(ddof=1)
+    nc = row["detectable_diff"] * math.sqrt(n) / sd
+    crit = stats.t.ppf(0.975, n - 1)
+    assert stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) == pytest.approx(0.8, abs=1e-9)
+    assert row["detectable_rel"] == pytest.approx(row["detectable_diff"] / np.mean(B))
+    assert row["power_sentence"] == (f"n=5 paired seeds cannot tell apart differences below "
+                                     f"{row['detectable_rel'] * 100:.2g} % of b's val_loss (power 0.8, alpha 0.05)")
+
+
+def test_detectable_difference_of_a_welch_test_has_power_0_8():
+    runs = runs_frame({"a": dict(enumerate(A)), "b": {10 + i: v for i, v in enumerate(B[:3])}})
+    row = compare_configs(runs, "val_loss").iloc[0]
+    va, vb = np.var(A, ddof=1) / 5, np.var(B[:3], ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 2)
+    nc = row["detectable_diff"] / math.sqrt(va + vb)
+    crit = stats.t.ppf(0.975, df)
+    assert stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) == pytest.approx(0.8, abs=1e-9)
+    assert row["power_sentence"].startswith("n=5 vs 3 seeds (Welch) cannot tell apart differences below ")
+
+
+def test_one_seed_each_is_said_plainly():
+    runs = runs_frame({"a": {0: 1.0}, "b": {0: 2.0}})
+    row = compare_configs(runs, "val_loss").iloc[0]
+    assert row["note"] == "too few seeds" and row["power_sentence"] == ""
+    assert compare_notes(runs, "val_loss") == ["one seed: no noise estimate, configs are not ranked"]
+    assert compare_notes(runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})) == []
+
+
+def test_compare_notes_say_when_the_metric_is_chaotic():
+    runs = runs_frame({"a": dict(enumerate(A)), "b": dict(enumerate(B))})
+    probe = runs.iloc[[0]].assign(run_id="a-s0-ulp", role="ulp", val_loss=A[0] + 0.05, train_loss=A[0])
+    runs = pd.concat([runs.assign(role="run"), probe])
+    ratio = 0.05 / np.std(A, ddof=1)
+    assert compare_notes(runs, "val_loss") == [
+        f"val_loss is chaotic in a: a 1-ulp perturbation of seed 0 moved it by {ratio * 100:.0f} % of the "
+        "seed-to-seed spread; single runs do not reproduce; compare means over many seeds, not single seeds"]
+    assert compare_notes(runs, "train_loss") == [
+        "also chaotic (a 1-ulp perturbation moves them by >= 1 % of the seed-to-seed spread): val_loss"]

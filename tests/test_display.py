@@ -63,10 +63,13 @@ def test_short_headers_for_swept_keys():
 
 def test_markdown_keeps_every_column_ranking_metric_first():
     body = markdown(aggregate(RUNS)).splitlines()
-    assert body[0] == "| rank | config | optimizer.name | decay | val_loss | val_accuracy | train_loss | n | runs | status |"
-    assert body[2] == "| 1 | a | adam | coupled (L2) | 0.740 ± 0.053 | 0.797 ± 0.015 | 0.557 ± 0.060 | 3 | 3 | 3 ok |"
-    assert body[3] == "| 2 | b | adamw | decoupled | 0.925 ± 0.035 | 0.710 ± 0.014 | 0.420 ± 0.028 | 2 | 3 | 2 ok, 1 diverged |"
-    assert body[-1].startswith("Ranked by val_loss (mean over seeds); ± is the standard deviation over seeds")
+    assert body[0] == ("| rank | config | optimizer.name | decay | val_loss | val_accuracy | train_loss | n | runs | status | "
+                       "diverged | diverged_frac |")
+    assert body[2] == "| 1 | a | adam | coupled (L2) | 0.740 ± 0.053 | 0.797 ± 0.015 | 0.557 ± 0.060 | 3 | 3 | 3 ok | 0 | 0 |"
+    assert body[3] == "| 2 | b | adamw | decoupled | 0.925 ± 0.035 | 0.710 ± 0.014 | 0.420 ± 0.028 | 2 | 3 | 2 ok, 1 diverged | 1 | 0.3333 |"
+    assert body[-3].startswith("Ranked by val_loss (mean over seeds); ± is the standard deviation over seeds")
+    assert body[-1] == ("Configs with diverged runs rank after those without, by their diverged share (divergence is "
+                        "the worst outcome); val_loss_mean is over the runs that finished ok.")
 
 
 def test_narrow_table_keeps_what_differs_and_says_the_rest():
@@ -78,12 +81,16 @@ def test_narrow_table_keeps_what_differs_and_says_the_rest():
         "2   b        decoupled      0.925 ± 0.035   0.710 ± 0.014   2   2 ok, 1 diverged",
         "same for all: runs 3",
         "not shown (--wide shows all): train_loss, optimizer",
+        "configs with diverged runs rank after those without, by their diverged share",
+        "  (divergence is the worst outcome); val_loss_mean is over the runs that",
+        "  finished ok",
     ]
 
 
 def test_wide_shows_every_column():
     assert lines(aggregate(RUNS), 80, wide=True)[1].split() == [
-        "#", "config", "optimizer", "decay", "val_loss", "val_accuracy", "train_loss", "n", "runs", "status"]
+        "#", "config", "optimizer", "decay", "val_loss", "val_accuracy", "train_loss", "n", "runs", "status",
+        "diverged", "diverged_frac"]
 
 
 def sweep_runs(ids: list[str], seeds: int = 3, vectorized: bool = True, **params) -> list[dict]:
@@ -99,7 +106,7 @@ def sweep_runs(ids: list[str], seeds: int = 3, vectorized: bool = True, **params
 
 
 def test_the_question_of_a_weight_decay_sweep_comes_right_after_the_ranking():
-    table = aggregate(sweep_runs(["wd0.01", "wd0.1"], **{"optimizer.weight_decay": [0.01, 0.1]}))
+    table = aggregate(sweep_runs(["wd0.01", "wd0.1"], **{"optimizer.weight_decay": [0.01, 0.1]}), "train_loss")
     assert lines(table, 80) == [
         "x: ranked by train_loss",
         "#   config   weight_decay    train_loss    weight_norm    near_zero_frac",
@@ -119,7 +126,7 @@ def test_a_sequential_runs_own_rate_is_kept():
 
 def test_ids_too_long_for_a_table_are_stacked_whole():
     long_id = "adamw-lr0.001-wd0.1-betas0.9,0.95-eps1e-08-warmup_steps100-nesterov-x"
-    table = aggregate(sweep_runs([long_id, "sgd"], **{"optimizer.lr": [0.001, 0.1]}))
+    table = aggregate(sweep_runs([long_id, "sgd"], **{"optimizer.lr": [0.001, 0.1]}), "train_loss")
     assert lines(table, 80) == [
         "x: ranked by train_loss",
         f"1  {long_id}",

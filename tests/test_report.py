@@ -17,7 +17,7 @@ from optcmp.report import OLD_PNGS, _plot_curves, read_metrics, weight_histogram
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ["Loss", "Final val_loss per seed", "Final weight distributions", "Weight norm"]
+FIGURES = ["Loss", "Final best_val_loss per seed", "Final weight distributions", "Weight norm"]
 
 
 @pytest.fixture
@@ -60,25 +60,30 @@ def test_sections_in_order_verdict_first_and_tables_collapsed(sweep):
     assert order == sorted(order)
     assert [t for t, _ in figures_in(page)] == FIGURES
     verdict = page[order[0]:order[1]]
-    assert "<p>Best by val_loss: <b>adamw-wd0.1</b> (0.438 ± 0.072, 3 seeds).</p>" in verdict
-    assert re.findall(r'<ul class="verdict">(.*?)</ul>', verdict) == [
-        "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.1, p=0.0073 (Holm), 3 paired seeds</li>"
-        "<li>adamw-wd0.1 has 12% lower val_loss than adam-wd0.01, p=0.0043 (Holm), 3 paired seeds</li>"]
+    # adamw-wd0.1 has the lowest mean of its 3 ok seeds, but its 4th diverged: it ranks after the
+    # configs without divergence, and its comparisons are rank-based with the diverged seed worst.
+    assert "<p>Best by best_val_loss: <b>adam-wd0.1</b> (0.526 ± 0.084, 4 seeds).</p>" in verdict
+    assert re.findall(r'<ul class="verdict">(.*?)</ul>', verdict) == []
+    assert ("<p><b>No significant difference</b> in best_val_loss between the 3 configs (3 comparisons, "
+            "Holm-corrected at 5%).</p>") in verdict
     assert re.findall(r"<details><summary>([^<]+)</summary>", page) == [
-        "1 other comparison", "Every column (3 configs)", "Comparison table (3 rows; compare.csv has every column)",
+        "The comparisons", "Every column (3 configs)", "Comparison table (3 rows; compare.csv has every column)",
         "12 runs"]
-    assert "<li>no significant difference between adam-wd0.1 and adam-wd0.01 in val_loss" in page
-    assert "12 runs (11 ok, 1 diverged), ranked by val_loss" in page
+    assert ("<li>no significant difference between adam-wd0.1 and adamw-wd0.1 in best_val_loss (adamw-wd0.1 ranks "
+            "lower, p=1 (Holm), Wilcoxon signed-rank with diverged runs ranked worst, 4 paired seeds); diverged: "
+            "adam-wd0.1 0 of 4, adamw-wd0.1 1 of 4 (Fisher&#x27;s exact test p=1 (Holm): not a significant "
+            "difference)</li>") in page
+    assert "12 runs (11 ok, 1 diverged), ranked by best_val_loss" in page
 
 
 def test_the_summary_is_formatted_as_the_terminal_shows_it(sweep):
     page = write_report(sweep).read_text()
     summary = page[page.index('<section id="summary">'):page.index("<details>", page.index('<section id="summary">'))]
     assert re.findall(r"<th[^>]*>([^<]+)</th>", summary) == [
-        "#", "config", "optimizer.name", "optimizer.weight_decay", "decay", "val_loss", "weight_norm",
+        "#", "config", "optimizer.name", "optimizer.weight_decay", "decay", "best_val_loss", "weight_norm",
         "near_zero_frac", "train_loss", "n", "status"]
-    assert ('<tr><td class="l">1</td><td class="l">adamw-wd0.1</td><td class="l">adamw</td><td class="l">0.1</td>'
-            '<td class="l">decoupled</td><td class="r">0.438 ± 0.072</td>') in summary
+    assert ('<tr><td class="l">1</td><td class="l">adam-wd0.1</td><td class="l">adam</td><td class="l">0.1</td>'
+            '<td class="l">coupled (L2)</td><td class="r">0.526 ± 0.084</td>') in summary
     assert '<p class="note">same for all: steps 200 · runs 4</p>' in summary
 
 
@@ -87,7 +92,7 @@ def test_no_significant_difference_is_said(sweep):
     runs = runs[runs["config_id"] != "adamw-wd0.1"]
     runs.to_csv(sweep / "runs.csv", index=False)
     page = write_report(sweep).read_text()
-    assert ("<p><b>No significant difference</b> in val_loss between the 2 configs (1 comparison, "
+    assert ("<p><b>No significant difference</b> in best_val_loss between the 2 configs (1 comparison, "
             "Holm-corrected at 5%).</p>") in page
     assert "<details><summary>The comparisons</summary>" in page
 
@@ -96,7 +101,7 @@ def test_the_ranking_metric_is_summary_jsons(sweep):
     (sweep / "summary.json").write_text(json.dumps({"primary": "weight_norm", "configs": []}))
     page = write_report(sweep).read_text()
     assert "ranked by weight_norm" in page and "Final weight_norm per seed" in page
-    assert "<p>Best by weight_norm: <b>adamw-wd0.1</b> (7.076 ± 0.054, 3 seeds).</p>" in page
+    assert "<p>Best by weight_norm: <b>adam-wd0.1</b> (10.78 ± 0.26, 4 seeds).</p>"  # adamw-wd0.1 diverged once in page
 
 
 def test_pngs_of_older_reports_are_removed(sweep):
@@ -215,7 +220,8 @@ def test_run_then_compare_and_report_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     exp = tmp_path / "runs" / "tiny"
 
-    result = cli.invoke(app, ["compare", str(exp)])
+    # train_loss: the best-so-far default is taken at the evaluation points, which log.every sets.
+    result = cli.invoke(app, ["compare", str(exp), "--metric", "train_loss"])
     assert result.exit_code == 0, result.output
     # Same seeds and an irrelevant value: the runs are equal number for number.
     assert ("• no difference between adam-lr0.05-every5 and adam-lr0.05-every10 in train_loss: "
@@ -234,7 +240,7 @@ def test_run_then_compare_and_report_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"Report: {exp / 'report.html'}" in result.output.replace("\n", "")
     page = (exp / "report.html").read_text()
-    assert [t for t, _ in figures_in(page)] == ["Loss", "Final train_loss per seed", "Final weight distributions",
+    assert [t for t, _ in figures_in(page)] == ["Loss", "Final best_train_loss per seed", "Final weight distributions",
                                                  "Weight norm"]
     for _, data in figures_in(page):
         assert_real_png(data)
