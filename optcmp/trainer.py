@@ -27,7 +27,7 @@ from optcmp.optimizers import (build_optimizer, build_scheduler, decay_semantics
                                schedule_length, step_scheduler, takes_metric)
 from optcmp.results import atomic_write_bytes, atomic_write_text, write_result
 from optcmp.sweep import RunSpec
-from optcmp.tblog import RunLogger
+from optcmp.tb.logger import RunLogger
 from optcmp.yamlio import dump_yaml
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)

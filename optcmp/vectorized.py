@@ -39,7 +39,7 @@ from optcmp.models import build_model
 from optcmp.optimizers import (build_scheduler, group_names, optimizer_class, param_groups, resolved_kwargs,
                                schedule_length, step_scheduler)
 from optcmp.sweep import RunSpec
-from optcmp.tblog import log_histograms
+from optcmp.tb.logger import log_histograms
 from optcmp.trainer import (
     Bests, Diverged, Progress, _check, base_result, final_metrics, finish_run, histogram_tensors, layer_of,
     loss_function, open_logger, prepare_run_dir, resolve_device, save_weights,

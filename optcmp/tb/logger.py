@@ -3,7 +3,7 @@
 The trainer only talks to `RunLogger`; how events are encoded and written is private here.
 Histograms are summarized in batches (`histograms.py`): on a GPU by a few ops on the device
 per step; on the CPU the step's tensors are only copied, and numpy summarizes many steps at
-once on a background thread, which also encodes and writes every event (`tbevents.py`). So
+once on a background thread, which also encodes and writes every event (`events.py`). So
 logging every parameter and gradient at every step costs little training time, and, at 30
 buckets of 16 bytes, little disk.
 """
@@ -27,9 +27,10 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
+from optcmp.results import atomic_write_text
+
 from . import histograms as hist
-from .results import atomic_write_text
-from .tbevents import BatchJob, EventFileWriter, event_bytes, scalar_summaries, scalar_summary
+from .events import BatchJob, EventFileWriter, event_bytes, scalar_summaries, scalar_summary
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
 # distribution's shape, and small on disk (16 bytes a bucket).
