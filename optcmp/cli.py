@@ -99,9 +99,9 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     Execution(engine, jobs=jobs)  # checks the values
 
     loaded, specs = _load(config, set_, sweep)
-    preflight(loaded, specs)
+    runs = preflight(loaded, specs)
     _imports_done()
-    units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
+    units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(loaded.config.sweep)
     table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
@@ -122,11 +122,11 @@ def _print_units(units, engine: str, jobs: int, base_dir: Path | None) -> None:
     if engine == "sequential":
         console.print(f"engine sequential: {len(units)} runs one by one", highlight=False)
         return
-    from optcmp.vectorized import describe_units
+    from optcmp.planning import describe_units
 
     where = f" on {jobs} processes" if jobs > 1 else ""
     console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}", highlight=False)
-    for line in describe_units(units, base_dir):
+    for line in describe_units(units):
         console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
 
 
@@ -183,10 +183,10 @@ def run(
     try:
         with _sigterm_as_interrupt():
             loaded, specs = _load(config, set_, sweep)
-            preflight(loaded, specs)
+            runs = preflight(loaded, specs)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
+            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
@@ -222,7 +222,7 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
+def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from optcmp.runner import Events, run_sweep
@@ -257,7 +257,7 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
             if not in_process:
                 progress.refresh()
 
-        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh)
+        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh, runs)
 
 
 def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
