@@ -30,7 +30,7 @@ import torch
 
 from optcmp.data import batch_size_of, epoch_batches, shuffle_generator, steps_per_epoch
 from optcmp.errors import OptcmpError
-from optcmp.metrics import Bests, final_metrics
+from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
 from optcmp.results import Status
 from optcmp.rundir import RunFolder, in_threads
@@ -167,7 +167,9 @@ class Loop:
         self.n_train = n_train
         self.has_val = folders[0].run.data.n_val > 0
         self.progress, self.should_stop = progress, should_stop
-        self.bests = [Bests() for _ in folders]
+        self.trajectories = [Trajectory() for _ in folders]
+        # a step's loss is the whole training set's, as in eval mode: no extra pass for it
+        self.step_loss_is_full = folders[0].run.full_batch and folders[0].run.mode_free
         self.watch = Watch(config.train.diverge_threshold, members.check_every)
         self.by_epoch = config.train.epochs is not None
         per_epoch = steps_per_epoch(config.data, n_train)
@@ -196,7 +198,8 @@ class Loop:
                 if step >= total or not self.open():
                     break
                 log_step = not self.by_epoch and (step % every == 0 or step == total - 1)
-                hist_step = hist_every > 0 and not self.by_epoch and step % hist_every == 0
+                # the weights after the step's update, the last step's (the final weights) too
+                hist_step = hist_every > 0 and not self.by_epoch and (step % hist_every == 0 or step == total - 1)
                 losses = members.step([b[k] for b in batches], snapshot=log_step)
                 self.watch.add(losses)
                 if self.by_epoch or members.wants_epoch_mean:
@@ -206,9 +209,9 @@ class Loop:
                     self.check_divergence()
                     if not self.open():
                         break
+                members.update(losses)
                 if hist_step:
                     self.histograms(step)
-                members.update(losses)
                 if log_step:
                     self.log_point(step, losses, after_step=True, progress_step=step + 1)
                 step += 1
@@ -221,7 +224,7 @@ class Loop:
                 self.check_divergence()
                 if epoch % every == 0 or step >= total:
                     self.log_point(epoch, mean, after_step=False, progress_step=step, epoch=epoch)
-                if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1):
+                if hist_every > 0 and (epoch % hist_every == 0 or epoch == 1 or step >= total):
                     self.histograms(epoch)
         self.check_divergence()
         self.finish(step)
@@ -235,11 +238,17 @@ class Loop:
         log_histograms(step, [(self.folders[m].logger, self.members.histogram_tensors(m)) for m in self.open()])
 
     def log_point(self, x: int, losses: Column, after_step: bool, progress_step: int, epoch: int | None = None) -> None:
-        """Log the scalars of every open member at `x` (a step, or an epoch), then ask the
+        """Log the scalars of every open member at `x` (a step, or an epoch) whose weights
+        have had `progress_step` optimizer steps, keep its evaluation point, then ask the
         `should_stop` hook about each."""
         open_members = self.open()
         if not open_members:
             return
+        done = progress_step
+        if self.step_loss_is_full:  # of the weights the (last) step started from
+            full_train, train_done = losses, done - 1
+        else:
+            full_train, train_done = self.members.evaluate("train")[0], done
         columns: dict[str, Column] = {"train/loss": losses}
         if self.has_val:
             val_loss, val_acc = self.members.evaluate("val")
@@ -250,11 +259,15 @@ class Loop:
         if epoch is not None:
             columns["epoch"] = [float(epoch)] * self.members.size
         tags = ordered(tuple(columns))
-        rows = member_rows([columns[t] for t in tags])
+        rows = member_rows([*(columns[t] for t in tags), full_train])  # the full-set loss last, not logged
         for m in open_members:
-            values = dict(zip(tags, rows[m]))
-            self.bests[m].update(values)
-            self.folders[m].log(x, tags, rows[m])
+            row, trajectory = rows[m][:-1], self.trajectories[m]
+            trajectory.add("train_loss", train_done, rows[m][-1])
+            for metric, tag in (("val_loss", "val/loss"), ("val_accuracy", "val/accuracy")):
+                if tag in columns:
+                    trajectory.add(metric, done, row[tags.index(tag)])
+            self.folders[m].log(x, tags, row)
+            rows[m] = row
         if self.progress is not None:
             self.progress(progress_step, self.total, statistics.median(rows[m][0] for m in open_members))
         if self.should_stop is not None:
@@ -267,13 +280,13 @@ class Loop:
         open_members = self.open()
         if not open_members:
             return
-        seconds = self.share()
+        elapsed = time.perf_counter() - self.start
+        seconds = elapsed / len(self.folders)
         train_loss, train_acc = (host(c) for c in self.members.evaluate("train"))
         val_loss = val_acc = None
         if self.has_val:
             val_loss, val_acc = (host(c) for c in self.members.evaluate("val"))
         threshold = self.config.train.diverge_threshold
-        near_zero = self.config.summary.near_zero
         finished = []
         for m in open_members:
             if diverges(train_loss[m], threshold):
@@ -281,7 +294,14 @@ class Loop:
                 continue
             train = (train_loss[m], None if train_acc is None else train_acc[m])
             val = None if val_loss is None else (val_loss[m], None if val_acc is None else val_acc[m])
-            metrics = final_metrics(self.bests[m], train, val, self.members.named(m), near_zero, steps, seconds)
+            trajectory = self.trajectories[m]  # the final weights are the last evaluation point
+            trajectory.add("train_loss", steps, train[0])
+            if val is not None:
+                trajectory.add("val_loss", steps, val[0])
+                if val[1] is not None:
+                    trajectory.add("val_accuracy", steps, val[1])
+            metrics = final_metrics(trajectory, train, val, self.members.named(m), self.config, steps, elapsed,
+                                    len(self.folders))
             finished.append((m, metrics))
 
         def write(item: tuple[int, dict[str, Any]]) -> None:

@@ -34,7 +34,8 @@ FINISHED = frozenset({Status.OK, Status.DIVERGED, Status.PRUNED})
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-FIRST_COLUMNS = ["run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step"]
+FIRST_COLUMNS = ["run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+                 "diverged_step", "pruned_step"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

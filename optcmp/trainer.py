@@ -76,6 +76,19 @@ def histogram_tensors(named, config: ExperimentConfig, grads: list[torch.Tensor 
     return out
 
 
+def build_run_model(run: ResolvedRun, n_features: int, n_outputs: int) -> nn.Module:
+    """The run's model, on the CPU, as the seeding contract builds it: `torch.manual_seed(seed)`
+    right before `build_model`. The `ulp` probe (role "ulp") then moves every parameter one
+    ulp up (`torch.nextafter(p, +inf)`), the same in both engines."""
+    torch.manual_seed(run.spec.seed)
+    model = build_model(run.config.model, n_features, n_outputs)
+    if getattr(run.spec, "role", "run") == "ulp":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.tensor(math.inf, dtype=p.dtype)))
+    return model
+
+
 def build_optimizer(run: ResolvedRun, model: nn.Module) -> torch.optim.Optimizer:
     """The run's optimizer on `model`'s parameters, from its resolved parameter groups."""
     by_name = dict(model.named_parameters())
@@ -97,8 +110,7 @@ class OneRun:
     def __init__(self, run: ResolvedRun, data: Dataset, device: torch.device) -> None:
         config = self.config = run.config
         self.data, self.task, self.loss_fn = data, data.task, LOSSES[run.loss]
-        torch.manual_seed(run.spec.seed)  # the seeding contract: right before the model is built
-        self.model = model = build_model(config.model, data.n_features, data.n_outputs).to(device)
+        self.model = model = build_run_model(run, data.n_features, data.n_outputs).to(device)
         self.opt = build_optimizer(run, model)
         self.sched = build_scheduler(self.opt, config.scheduler, run.schedule_length)
         self.by_step = config.scheduler is not None and config.scheduler.interval == "step"

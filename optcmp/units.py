@@ -102,6 +102,8 @@ def base_result(run: ResolvedRun, engine: str = "sequential", device: str | None
     return {
         "run_id": spec.run_id,
         "config_id": spec.config_id,
+        "variant": getattr(spec, "variant", None),  # a named optimizer variant (issue 13)
+        "role": getattr(spec, "role", "run"),  # run | ulp (the chaos probe) | trial | final
         "seed": spec.seed,
         "status": None,
         "params": spec.params,
@@ -111,6 +113,7 @@ def base_result(run: ResolvedRun, engine: str = "sequential", device: str | None
         "config_hash": spec.config_hash,
         "error": None,
         "diverged_step": None,
+        "pruned_step": None,
         "optimizer": run.options,
         "metrics": {},
     }

@@ -24,10 +24,9 @@ from optcmp.batched_model import StackedModel, member_losses
 from optcmp.batched_optim import BatchedOptimizer, Segment
 from optcmp.data import Dataset, build_data
 from optcmp.loop import Column, execute_members
-from optcmp.models import build_model
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
-from optcmp.trainer import histogram_tensors, layer_of
+from optcmp.trainer import build_run_model, histogram_tensors, layer_of
 from optcmp.units import Progress, ShouldStop, Unit
 
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
@@ -93,10 +92,7 @@ class Stack:
         self.runs, self.device, self.size = runs, device, len(runs)
         datas = [build_data(cfg.data, r.spec.seed, base_dir) for r in runs]
         self.task, self.loss_fn = first.data.task, LOSSES[first.loss]
-        models = []
-        for run in runs:
-            torch.manual_seed(run.spec.seed)  # the seeding contract: right before the model is built
-            models.append(build_model(cfg.model, datas[0].n_features, datas[0].n_outputs))
+        models = [build_run_model(run, datas[0].n_features, datas[0].n_outputs) for run in runs]
         template = models[0]
         shapes = dict((n, p.shape) for n, p in template.named_parameters())
         # The flat buffer holds the optimizer groups one after another, so that each group

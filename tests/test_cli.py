@@ -54,9 +54,9 @@ def test_run_writes_every_output(finished):
         assert res["params"]["optimizer.weight_decay"] in (0.01, 0.1)
     runs = pd.read_csv(exp / "runs.csv")
     assert runs["run_id"].tolist() == ids
-    assert list(runs.columns[:10]) == [
-        "run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step",
-        "optimizer.weight_decay",
+    assert list(runs.columns[:13]) == [
+        "run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+        "diverged_step", "pruned_step", "optimizer.weight_decay",
     ]
     summary = pd.read_csv(exp / "summary.csv")
     assert sorted(summary["config_id"]) == ["adam-wd0.01", "adam-wd0.1"]
@@ -94,7 +94,7 @@ def test_tensorboard_tags(finished):
     histos = set(acc.Tags()["histograms"])
     names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "4.weight", "4.bias"]
     assert {f"weights/{n}" for n in names} <= histos and {f"grads/{n}" for n in names} <= histos
-    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10]
+    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10, 11]  # and the final weights
 
 
 def test_summary_rerenders_from_disk(finished):

@@ -25,7 +25,8 @@ sweep:
 log: {every: 5, histograms: {every: 20}}
 """
 IDS = ["adamw-wd0-s0", "adamw-wd0-s1", "adamw-wd0.1-s0", "adamw-wd0.1-s1"]
-TIMING = ("seconds", "steps_per_second")  # measured, so they differ from one attempt to the next
+# measured, so they differ from one attempt to the next; and the size of the unit a run trained in
+TIMING = ("seconds", "steps_per_second", "group_size")
 
 
 def numbers(exp: Path) -> dict[str, dict]:

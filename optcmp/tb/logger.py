@@ -27,6 +27,7 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
+from optcmp.results import Status as RunStatus
 from optcmp.results import atomic_write_text
 
 from . import histograms as hist
@@ -45,10 +46,11 @@ _EXPERIMENT_TAG = "_hparams_/experiment"
 _SESSION_START_TAG = "_hparams_/session_start_info"
 _SESSION_END_TAG = "_hparams_/session_end_info"
 _STATUS = {
-    "ok": Status.STATUS_SUCCESS,
-    "diverged": Status.STATUS_FAILURE,
-    "failed": Status.STATUS_FAILURE,
-    "interrupted": Status.STATUS_UNKNOWN,  # the proto has no "aborted"
+    RunStatus.OK: Status.STATUS_SUCCESS,
+    RunStatus.DIVERGED: Status.STATUS_FAILURE,
+    RunStatus.FAILED: Status.STATUS_FAILURE,
+    RunStatus.PRUNED: Status.STATUS_UNKNOWN,  # stopped on purpose: neither success nor failure
+    RunStatus.INTERRUPTED: Status.STATUS_UNKNOWN,  # the proto has no "aborted"
 }
 
 
@@ -127,8 +129,8 @@ class RunLogger:
         Call once, at the end of the run. `hparams` should hold the swept values by dotted
         key and `seed`, so seeds of one config show as separate rows. Each metric is also
         logged as the scalar `final/<name>` (the dashboard reads metric values from
-        scalars); metrics that are None are left out. `status` (ok, diverged, failed,
-        interrupted) sets the session's status in the dashboard.
+        scalars); metrics that are None are left out. `status` (a `results.Status`: ok,
+        diverged, pruned, failed, interrupted) sets the session's status in the dashboard.
         """
         finals = {
             name if name.startswith(_FINAL) else _FINAL + name: float(value)
