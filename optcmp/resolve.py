@@ -1,7 +1,7 @@
 """Each run's config resolved once, at preflight, and passed down to the engines.
 
 `resolve_runs(specs, base_dir)` builds each distinct config's data and model once (the
-first seed's) and decides everything the planner and the engines need that does not change
+first seed's), runs one dry training step on them (`dry.py`), and decides everything the planner and the engines need that does not change
 while a run trains: the optimizer class, its options and parameter groups, how weight decay
 acts in each group, the schedule's length, the data's shape, the loss, the batched
 optimizer family, and why the run cannot join a vectorized group. A bad value raises
@@ -24,13 +24,14 @@ from optcmp.batched_model import unsupported_layer
 from optcmp.batched_optim import PER_MEMBER, STRUCTURAL, family_of, invalid_value, unsupported_option
 from optcmp.config import ExperimentConfig, OptimizerConfig
 from optcmp.data import Dataset, batch_size_of, build_data
+from optcmp.dry import blame, dry_step, optimizer_sections
 from optcmp.errors import ConfigError
 from optcmp.imports import is_import_path, load_object, signature_of
 from optcmp.models import BUILTIN as BUILTIN_MODELS
 from optcmp.models import build_model
-from optcmp.optimizers import (build_optimizer, build_scheduler, decay_semantics, describe_groups, optimizer_class,
-                               param_groups, resolved_kwargs, schedule_length, weight_decay_kind)
-from optcmp.schedules import rates_only_optimizer, unscheduled
+from optcmp.optimizers import (decay_semantics, describe_groups, optimizer_class, param_groups, resolved_kwargs,
+                               schedule_length, weight_decay_kind)
+from optcmp.schedules import unscheduled
 from optcmp.sweep import RunSpec
 
 LOSSES = {
@@ -136,16 +137,6 @@ def check_optimizer(model: nn.Module, cfg: OptimizerConfig) -> bool:
     return True
 
 
-def check_schedule(model: nn.Module, config: ExperimentConfig, batched: bool, lrs: list[float], length: int) -> None:
-    """Build the run's scheduler once, on the optimizer the run will have; a run with a
-    batched optimizer gets one that holds only its groups' learning rates `lrs` (a
-    torch.optim construction would cost a second of importing torch._dynamo the first time)."""
-    if config.scheduler is None and batched:
-        return
-    opt = rates_only_optimizer(lrs, config.scheduler) if batched else None
-    build_scheduler(opt or build_optimizer(model, config.optimizer), config.scheduler, length)
-
-
 def why_not(config: ExperimentConfig, model: nn.Module, options: dict[str, Any]) -> str | None:
     """Why a run of this config cannot join a vectorized group, or None. `model`: the
     config's model, built."""
@@ -217,6 +208,7 @@ class Resolver:
     def __init__(self, base_dir: Path | None = None) -> None:
         self.base_dir = base_dir
         self._configs: dict[str, tuple[dict[str, Any], Dataset]] = {}
+        self._dry_steps: set[str] = set()
 
     def __call__(self, spec: RunSpec) -> ResolvedRun:
         cfg = spec.config
@@ -240,14 +232,16 @@ class Resolver:
         data = build_data(cfg.data, spec.seed, self.base_dir)
         loss = loss_name(cfg, data.task)
         model = build_model(cfg.model, data.n_features, data.n_outputs)
-        batched = check_optimizer(model, cfg.optimizer)
         opt = cfg.optimizer
         cls = optimizer_class(opt.name)
+        try:
+            batched = check_optimizer(model, opt)
+        except (TypeError, ValueError, IndexError) as e:  # a value of the wrong type or length
+            raise blame(optimizer_sections(cfg, cls, resolved_kwargs(opt)), f"`{cls.__name__}`", "when built", e) from None
         options = resolved_kwargs(opt)
         groups = param_groups(model, opt)
         record = describe_groups(groups, options)
         length = schedule_length(cfg, len(data.x_train))
-        check_schedule(model, cfg, batched, [g.get("lr", options.get("lr")) for g in record], length)
         imported = is_import_path(opt.name)
         own = [{k: v for k, v in g.items() if k not in ("params", "names")} for g in groups]
         reason = why_not(cfg, model, options)
@@ -268,6 +262,14 @@ class Resolver:
             linear_widths=sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear)),
             why_not=reason,
         )
+        dry = json.dumps([cfg.model_dump(mode="json", include={"model", "data", "optimizer", "scheduler", "train"})],
+                         sort_keys=True, default=str)
+        if dry not in self._dry_steps:  # once per distinct model, data, optimizer and scheduler
+            bs = batch_size_of(cfg.data, len(data.x_train))
+            dry_step(cfg, model, data.x_train[:bs], data.y_train[:bs], data.task, LOSSES[loss], loss, data.n_outputs,
+                     cls, options, common["param_groups"], common["decoupled"], family_of(opt.name) if batched else None,
+                     length)
+            self._dry_steps.add(dry)
         return common, data
 
 
