@@ -1,11 +1,12 @@
 """Each run's config resolved once, at preflight, and passed down to the engines.
 
 `resolve_runs(specs, base_dir)` builds each distinct config's data and model once (the
-first seed's), runs one dry training step on them (`dry.py`), and decides everything the planner and the engines need that does not change
-while a run trains: the optimizer class, its options and parameter groups, how weight decay
-acts in each group, the schedule's length, the data's shape, the loss, the batched
-optimizer family, and why the run cannot join a vectorized group. A bad value raises
-`ConfigError` here, before any folder is written.
+first seed's), runs one dry training step on them (`dry.py`), and decides everything the
+planner and the engines need that does not change while a run trains: the optimizer
+class, its options and parameter groups, how weight decay acts in each group, the
+schedule's length, the data's shape, the loss, the batched optimizer family, and why the
+run cannot join a vectorized group. A bad value raises `ConfigError` here, before any
+folder is written.
 
 The result, a `ResolvedRun` per run, is plain data and classes (no tensors): it travels to
 worker processes and Ray tasks with the run's spec.
@@ -207,7 +208,7 @@ class Resolver:
 
     def __init__(self, base_dir: Path | None = None) -> None:
         self.base_dir = base_dir
-        self._configs: dict[str, tuple[dict[str, Any], Dataset]] = {}
+        self._configs: dict[str, tuple[dict[str, Any], DataShape]] = {}  # no data kept: only its shape
         self._dry_steps: set[str] = set()
 
     def __call__(self, spec: RunSpec) -> ResolvedRun:
@@ -218,15 +219,14 @@ class Resolver:
         if key not in self._configs:
             with torch.random.fork_rng(devices=[]):  # building a model draws from torch's generator
                 self._configs[key] = self._resolve_config(spec)
-        common, data = self._configs[key]
+        common, shape = self._configs[key]
         if _seed_shapes_data(cfg):
-            data = build_data(cfg.data, spec.seed, self.base_dir)
-        shape = _shape(cfg, data)
+            shape = _shape(cfg, build_data(cfg.data, spec.seed, self.base_dir))
         family = common["family"]
         gkey = group_key(cfg, family, common["options"], shape) if common["why_not"] is None else None
         return ResolvedRun(spec=spec, data=shape, group_key=gkey, **common)
 
-    def _resolve_config(self, spec: RunSpec) -> tuple[dict[str, Any], Dataset]:
+    def _resolve_config(self, spec: RunSpec) -> tuple[dict[str, Any], DataShape]:
         cfg = spec.config
         resolve_device(cfg.device)
         data = build_data(cfg.data, spec.seed, self.base_dir)
@@ -270,7 +270,7 @@ class Resolver:
                      cls, options, common["param_groups"], common["decoupled"], family_of(opt.name) if batched else None,
                      length)
             self._dry_steps.add(dry)
-        return common, data
+        return common, _shape(cfg, data)
 
 
 def resolve_runs(specs: list[RunSpec], base_dir: Path | None = None) -> list[ResolvedRun]:

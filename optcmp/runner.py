@@ -21,7 +21,7 @@ from optcmp.errors import ConfigError, OptcmpError
 from optcmp.locking import experiment_lock
 from optcmp.results import FINISHED, Status, atomic_write_text, read_result, write_runs_csv
 from optcmp.sweep import RunSpec
-from optcmp.units import ENGINES, EXECUTORS, Events, Execution, Unit, stand_in  # noqa: F401 - the runner's vocabulary
+from optcmp.units import Events, Execution, Unit, stand_in  # noqa: F401 - Events and Execution: the CLI takes them from here
 from optcmp.yamlio import read_yaml_file
 
 if TYPE_CHECKING:
