@@ -91,7 +91,7 @@ def in_process(reps: int) -> None:
     import torch
     from torch import nn
 
-    from optcmp.tblog import RunLogger
+    from optcmp.tb.logger import RunLogger
 
     spec = importlib.util.spec_from_file_location("baseline", BASELINE)
     baseline = importlib.util.module_from_spec(spec)

@@ -64,8 +64,8 @@ def sweep(tmp: Path, text: str, execution: Execution, events: Events | None = No
     path.write_text(text)
     loaded = load_config(path)
     specs = expand(loaded.config)
-    preflight(loaded, specs)
-    return run_sweep(loaded, specs, experiment_dir(tmp, loaded.config.name), events, execution, fresh=True)
+    runs = preflight(loaded, specs)
+    return run_sweep(loaded, specs, experiment_dir(tmp, loaded.config.name), events, execution, fresh=True, runs=runs)
 
 
 def memory(tmp: Path, runs: int) -> None:

@@ -70,7 +70,8 @@ def _as_sets(overrides: Overrides, option: str) -> list[str]:
 
 def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None):
     """Load and validate a config (a path, YAML text or a dict) with its overrides, expand
-    its sweep, and build every run once without training: (LoadedConfig, [RunSpec])."""
+    its sweep, and build every run once without training (the preflight, dry step included):
+    (LoadedConfig, [RunSpec], [ResolvedRun])."""
     from optcmp.config import load_config
     from optcmp.runner import preflight
     from optcmp.sweep import expand
@@ -81,8 +82,7 @@ def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides =
     path, parsed = _parsed(config)
     loaded = load_config(path, sets, _as_sets(sweeps, "--sweep"), parsed=parsed)
     specs = expand(loaded.config)
-    preflight(loaded, specs)
-    return loaded, specs
+    return loaded, specs, preflight(loaded, specs)
 
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
@@ -98,10 +98,10 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
-    loaded, specs = prepare(config, overrides, sweeps, name)
+    loaded, specs, runs = prepare(config, overrides, sweeps, name)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
     events = Events() if quiet else Events(run_end=_say_run)
-    outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh)
+    outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)
     experiment = Experiment(exp_dir)
     if not quiet and outcome.results:
         experiment.show()

@@ -107,9 +107,9 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = prepare(config, set_, sweep, name)
+    loaded, specs, runs = prepare(config, set_, sweep, name)
     _imports_done()
-    units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
+    units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(loaded.config.sweep)
     table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
@@ -118,47 +118,44 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     for s in specs:
         table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
     console.print(table)
-    _print_groups(loaded, specs)
-    _print_units(units, engine, jobs, loaded.base_dir)
+    _print_groups(runs)
+    _print_units(units, engine, jobs)
 
 
-def _print_units(units, engine: str, jobs: int, base_dir: Path | None) -> None:
+def _print_units(units, engine: str, jobs: int) -> None:
     """How `run --engine ENGINE --jobs JOBS` trains the runs (`units`, from `plan_units`):
     vectorized groups (split across processes), and runs on their own with the reason."""
     if engine == "sequential":
         console.print(f"engine sequential: {len(units)} runs one by one")
         return
-    from optcmp.vectorized import describe_units
+    from optcmp.planning import describe_units
 
     where = f" on {jobs} processes" if jobs > 1 else ""
     console.print(f"engine {engine}: {len(units)} work unit{'s' if len(units) != 1 else ''}{where}")
-    for line in describe_units(units, base_dir):
+    for line in describe_units(units):
         console.print(f"  {line}", soft_wrap=True)
 
 
-def _print_groups(loaded, specs) -> None:
-    """The resolved optimizer parameter groups and schedule of the first run of each config."""
-    from optcmp.data import build_data
-    from optcmp.models import build_model
-    from optcmp.optimizers import decay_semantics, describe_schedule, group_names, optimizer_class, schedule_length
+def _print_groups(runs) -> None:
+    """The resolved optimizer parameter groups and schedule of the first run of each config,
+    as preflight resolved them (nothing is built again)."""
+    from optcmp.optimizers import describe_schedule
 
     shown = set()
-    for s in specs:
+    for r in runs:
+        s = r.spec
         if s.config_id in shown:
             continue
         shown.add(s.config_id)
-        data = build_data(s.config.data, s.seed, loaded.base_dir)
-        model = build_model(s.config.model, data.n_features, data.n_outputs)
-        cls = optimizer_class(s.config.optimizer.name).__name__
-        console.print(Text.assemble((s.config_id, "bold"), f": {cls}, decay {decay_semantics(s.config.optimizer)}"),
+        console.print(Text.assemble((s.config_id, "bold"), f": {r.optimizer_class.__name__}, decay {r.decay}"),
                       soft_wrap=True)
-        for i, g in enumerate(group_names(model, s.config.optimizer)):
+        for i, g in enumerate(r.groups_record):
             opts = ", ".join(f"{k}={v}" for k, v in g.items() if k != "params")
             names = g["params"]
             listed = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
             count = f"{len(names)} tensor{'s' if len(names) != 1 else ''}"
             console.print(f"  group {i}: {opts + '; ' if opts else ''}{count}: {listed}", soft_wrap=True)
-        schedule = describe_schedule(s.config.scheduler, schedule_length(s.config, len(data.x_train)))
+        schedule = describe_schedule(s.config.scheduler, r.schedule_length)
         if schedule:
             console.print(f"  schedule: {schedule}", soft_wrap=True)
 
@@ -188,10 +185,10 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs = prepare(config, set_, sweep, name)
+            loaded, specs, runs = prepare(config, set_, sweep, name)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh)
+            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
@@ -227,7 +224,7 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
+def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from optcmp.runner import Events, run_sweep
@@ -262,7 +259,7 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool):
             if not in_process:
                 progress.refresh()
 
-        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh)
+        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh, runs)
 
 
 def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
@@ -273,7 +270,9 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     if results:
         table = aggregate(read_run_table(exp_dir), primary)
         _print_summary(table, title(exp_dir.name, table))
-    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "diverged", "failed", "interrupted")}
+    from optcmp.results import Status
+
+    counts = {s.value: sum(r["status"] == s for r in results) for s in Status}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
     kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""

@@ -14,7 +14,8 @@ class OptcmpError(Exception):
 class ConfigError(OptcmpError):
     """A bad value found while building from a config key, before the file is known.
 
-    `config.Source.locate()` turns it into a full message with the file and line.
+    `runner.preflight` turns it into a full message with the file and line
+    (`config.Source.error`), naming the swept key where a sweep value caused it.
     """
 
     def __init__(self, key: str, message: str) -> None:

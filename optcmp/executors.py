@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from optcmp.errors import OptcmpError
-from optcmp.results import atomic_write_bytes
-from optcmp.runner import Events, Execution, Unit, run_unit, stand_in
+from optcmp.results import Status, atomic_write_bytes
+from optcmp.engines import run_unit
+from optcmp.units import Events, Execution, Unit, stand_in
 
 STOP_GRACE_S = 15.0  # how long a stopped worker may take to close its run's logs
 RAY_MAX_RETRIES = 2  # a Ray task whose worker or node died is retried this often, then reported failed
@@ -129,7 +130,7 @@ def _work(unit: Unit, exp_dir: Path, base_dir: Path | None) -> list[dict[str, An
             return None
         return run_unit(unit, exp_dir, base_dir)
     except KeyboardInterrupt:  # stopped outside the trainer, which would have said so itself
-        return [stand_in(exp_dir, spec, "interrupted", "interrupted by the user") for spec in unit]
+        return [stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user") for run in unit.runs]
     except OptcmpError as e:
         raise OptcmpError(str(e)) from None  # subclasses need arguments to unpickle; the message is all
     finally:
@@ -156,7 +157,7 @@ def start_method(units: list[Unit], threads: int) -> str:
     if devices - {"cpu", "auto"}:
         return "spawn"
     if "auto" in devices:
-        from optcmp.trainer import resolve_device
+        from optcmp.resolve import resolve_device
 
         if resolve_device("auto").type != "cpu":
             return "spawn"
@@ -185,7 +186,8 @@ class ProcessExecutor:
             try:
                 out = future.result()
             except BrokenProcessPool as e:
-                out = [stand_in(self.exp_dir, s, "failed", f"its worker process died ({e}); run again to retry") for s in unit]
+                out = [stand_in(self.exp_dir, run, Status.FAILED, f"its worker process died ({e}); run again to retry")
+                       for run in unit.runs]
             if out is not None:
                 yield unit, out
 
@@ -327,7 +329,7 @@ class RayExecutor:
         except ray.exceptions.RayError as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             error = f"Ray task failed after {RAY_MAX_RETRIES} retries: {type(e).__name__}: {message}"
-            return [stand_in(self.exp_dir, s, "failed", error) for s in unit]
+            return [stand_in(self.exp_dir, run, Status.FAILED, error) for run in unit.runs]
         if "error" in payload:
             raise OptcmpError(payload["error"])
         for result in payload["results"]:

@@ -119,12 +119,19 @@ def decay_semantics(cfg: OptimizerConfig) -> str:
     decays = [kwargs["weight_decay"], *(g["weight_decay"] for g in cfg.groups if isinstance(g, dict) and "weight_decay" in g)]
     if not any(decays):
         return "none"
+    return weight_decay_kind(cls, kwargs, imported=is_import_path(cfg.name))
+
+
+def weight_decay_kind(cls: type, options: dict[str, Any], imported: bool = False) -> str:
+    """How a non-zero `weight_decay` acts in optimizer `cls` with these resolved options
+    (the optimizer's, or one parameter group's merged into them): `coupled`, `decoupled`
+    or `unknown`. `imported`: the class was named by an import path."""
     declared = getattr(cls, "decay_semantics", None)
     if declared in SEMANTICS:
         return declared
-    if is_import_path(cfg.name) or not getattr(cls, "__module__", "").startswith("torch."):
+    if imported or not getattr(cls, "__module__", "").startswith("torch."):
         return "unknown"
-    if any(kwargs.get(flag) for flag in DECOUPLED_FLAGS):
+    if any(options.get(flag) for flag in DECOUPLED_FLAGS):
         return "decoupled"
     lname = cls.__name__.lower()
     return "decoupled" if lname in DECOUPLED else "coupled" if lname in COUPLED else "unknown"
@@ -243,10 +250,14 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 def group_names(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
     """The resolved parameter groups as plain data, for `plan` and result.json: the
     parameter names, the effective `lr` and `weight_decay`, and any other group option."""
-    resolved = resolved_kwargs(cfg)
+    return describe_groups(param_groups(model, cfg), resolved_kwargs(cfg))
+
+
+def describe_groups(groups: list[dict[str, Any]], resolved: dict[str, Any]) -> list[dict[str, Any]]:
+    """`group_names` from `param_groups`' groups and the optimizer's `resolved_kwargs`."""
     base = {k: resolved[k] for k in ("lr", "weight_decay") if k in resolved}
     return [{"params": g["names"], **base, **{k: v for k, v in g.items() if k not in ("params", "names")}}
-            for g in param_groups(model, cfg)]
+            for g in groups]
 
 
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
@@ -302,14 +313,6 @@ class WarmupThenPlateau:
 
     def get_last_lr(self) -> list[float]:
         return [g["lr"] for g in self.plateau.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "warmup": self.warmup.state_dict(), "plateau": self.plateau.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = state["count"]
-        self.warmup.load_state_dict(state["warmup"])
-        self.plateau.load_state_dict(state["plateau"])
 
 
 def _scheduler_kwargs(cls: type, cfg: SchedulerConfig, length: int | None) -> dict[str, Any]:

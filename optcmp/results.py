@@ -8,13 +8,34 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("ok", "diverged", "failed", "interrupted")
+
+class Status(str, Enum):
+    """What became of a run: result.json's `status`. A str, so it compares, hashes and
+    serializes as its value (`Status.OK == "ok"`)."""
+
+    OK = "ok"  # trained to the end
+    DIVERGED = "diverged"  # its loss became NaN/inf or passed train.diverge_threshold
+    PRUNED = "pruned"  # stopped early by its caller (a study's pruner); `pruned_step` says where
+    FAILED = "failed"  # raised; error.txt has the traceback
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+# Finished runs are kept on resume; failed and interrupted ones are redone.
+FINISHED = frozenset({Status.OK, Status.DIVERGED, Status.PRUNED})
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-FIRST_COLUMNS = ["run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step"]
+FIRST_COLUMNS = ["run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+                 "diverged_step", "pruned_step"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

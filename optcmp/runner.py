@@ -4,76 +4,31 @@ so a stopped or killed sweep is readable and resumable.
 
 The driver (this module) alone writes plan.json, runs.csv and the summary; workers write
 their run folders (or, on Ray, hand the folder's files back for the driver to write).
-Runs are executed in *work units*: one RunSpec (the sequential trainer), or several trained
-together by the vectorized engine.
+Runs are resolved once (`preflight`), planned into work units once (`planning.plan_units`:
+one run for the sequential engine, or a vectorized group) and executed as planned.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from optcmp.config import LoadedConfig
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.locking import experiment_lock
-from optcmp.results import atomic_write_text, read_result, write_result, write_runs_csv
+from optcmp.results import FINISHED, Status, atomic_write_text, read_result, write_runs_csv
 from optcmp.sweep import RunSpec
+from optcmp.units import Events, Execution, Unit, stand_in  # noqa: F401 - Events and Execution: the CLI takes them from here
 from optcmp.yamlio import read_yaml_file
 
-Unit = list[RunSpec]  # runs executed together: one, or a vectorized group
-KEPT = ("ok", "diverged")  # finished results a rerun keeps; failed and interrupted runs are redone
-ENGINES = ("auto", "sequential", "vectorized")
-EXECUTORS = ("local", "ray")
+if TYPE_CHECKING:
+    from optcmp.resolve import ResolvedRun
+
 SUMMARY_EVERY_S = 10.0  # the summary costs ~30 ms for 200 runs: refresh it now and then, not per run
 OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json")
-
-
-@dataclass
-class Events:
-    """Callbacks the CLI uses for its messages and progress display; all optional."""
-
-    plan: Callable[[list[RunSpec], list[dict[str, Any]]], None] = lambda todo, kept: None
-    unit_start: Callable[[Unit], None] = lambda unit: None  # in-process executor only
-    step: Callable[[Unit, int, int, float], None] = lambda unit, step, total, loss: None  # in-process only
-    run_end: Callable[[dict[str, Any]], None] = lambda result: None
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How and where the runs execute (the `run` command's options)."""
-
-    engine: str = "auto"  # auto | sequential | vectorized
-    executor: str = "local"  # local | ray
-    jobs: int = 1  # local processes; 1 trains in this process
-    # Torch threads per run, the same under every executor: some CPU kernels (LayerNorm's
-    # backward) split their sums by thread, so the thread count, unlike --jobs, changes the
-    # last bits of the numbers. One thread is also the fastest for small models.
-    threads: int = 1
-    address: str | None = None  # Ray cluster address; None starts (or reuses) a local instance
-    gpus_per_run: float | None = None  # Ray GPU request per run; None: from the config's device
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise OptcmpError(f"--engine {self.engine}: allowed: {', '.join(ENGINES)}")
-        if self.executor not in EXECUTORS:
-            raise OptcmpError(f"--executor {self.executor}: allowed: {', '.join(EXECUTORS)}")
-        if self.jobs < 1:
-            raise OptcmpError(f"--jobs {self.jobs}: must be at least 1")
-        if self.threads < 1:
-            raise OptcmpError(f"--threads {self.threads}: must be at least 1")
-        if self.executor == "ray":
-            if self.jobs != 1:
-                raise OptcmpError("--jobs applies to the local executor; Ray runs as many runs at once as the cluster has CPUs")
-            if importlib.util.find_spec("ray") is None:
-                raise OptcmpError("the ray executor needs ray: pip install 'optcmp[ray]'")
-        elif self.address is not None or self.gpus_per_run is not None:
-            raise OptcmpError("--address and --gpus-per-run need --executor ray")
-        if self.gpus_per_run is not None and self.gpus_per_run < 0:
-            raise OptcmpError(f"--gpus-per-run {self.gpus_per_run}: must be ≥ 0")
 
 
 @dataclass
@@ -94,88 +49,36 @@ def experiment_dir(out_root: Path, name: str) -> Path:
     return path
 
 
-def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> None:
-    """Build data, model, optimizer and scheduler of each config once (no training), so a
-    bad value stops the sweep before the first run, with its file and line."""
-    from optcmp.data import build_data
-    from optcmp.models import build_model
-    from optcmp.optimizers import build_optimizer, build_scheduler, schedule_length
-    from optcmp.trainer import loss_function, resolve_device
-    from optcmp.vectorized import check_optimizer, rates_only_optimizer
+def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> list[ResolvedRun]:
+    """Resolve every run (`resolve.resolve_runs`: data, model, optimizer and scheduler of
+    each config built once, no training), so a bad value stops the sweep before the first
+    run, with its file and line. Returns the runs, resolved, in order."""
+    from optcmp.resolve import Resolver
 
-    seen: set[str] = set()
+    resolver = Resolver(loaded.base_dir)
+    out = []
     for spec in specs:
-        if spec.config_id in seen:
-            continue
-        seen.add(spec.config_id)
-        cfg = spec.config
         try:
-            resolve_device(cfg.device)
-            data = build_data(cfg.data, spec.seed, loaded.base_dir)
-            loss_function(cfg, data.task)
-            model = build_model(cfg.model, data.n_features, data.n_outputs)
-            # the vectorized engine's checks spare a sweep it trains the first torch.optim
-            # construction, which imports torch._dynamo (about a second)
-            batched = check_optimizer(model, cfg.optimizer)
-            if cfg.scheduler is not None or not batched:
-                opt = rates_only_optimizer(model, cfg.optimizer, cfg.scheduler) if batched else None
-                build_scheduler(opt or build_optimizer(model, cfg.optimizer), cfg.scheduler,
-                                schedule_length(cfg, len(data.x_train)))
+            out.append(resolver(spec))
         except ConfigError as e:
             swept = next((k for k in spec.params if e.key == k or e.key.startswith(k + ".")), None)
             key = f"sweep.{swept}" if swept else e.key
             raise loaded.source.error(key, e.message if not swept else f"{spec.params[swept]!r}: {e.message}") from None
+    return out
 
 
-# --- work units: the seam for the vectorized engine ------------------------------------
+def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1) -> list[Unit]:
+    """The work units of `runs` (see `planning.plan_units`)."""
+    from optcmp import planning
 
-
-def plan_units(specs: list[RunSpec], engine: str = "auto", jobs: int = 1, base_dir: Path | None = None) -> list[Unit]:
-    """Partition runs into work units: `[spec]` for the sequential trainer, or a group that
-    `vectorized.group_specs(specs)` found can train as one vectorized model (split in up to
-    `jobs` pieces, one per local process). `base_dir`: the config's folder."""
-    if engine == "sequential":
-        return [[spec] for spec in specs]
-    from optcmp import vectorized
-
-    units = vectorized.group_specs(specs, parts=jobs, base_dir=base_dir)
-    if engine == "vectorized":  # insist: say which runs cannot be, rather than train them one by one
-        refused = [(u[0].run_id, why) for u in units if len(u) == 1 and (why := vectorized.why_not(u[0], base_dir))]
-        if refused:
-            shown = "; ".join(f"{run_id}: {why}" for run_id, why in refused[:3])
-            more = f"; and {len(refused) - 3} more" if len(refused) > 3 else ""
-            raise OptcmpError(f"--engine vectorized: {len(refused)} of {len(specs)} runs cannot be vectorized "
-                              f"({shown}{more}); --engine auto trains them one by one")
-    return units
-
-
-def run_unit(unit: Unit, exp_dir: Path, base_dir: Path | None = None, progress=None) -> list[dict[str, Any]]:
-    """Train one work unit into `exp_dir/<run_id>/` and return its results (one per run).
-    What every executor runs, in this process, a worker process or a Ray task."""
-    if len(unit) == 1:
-        from optcmp.trainer import execute
-
-        return [execute(unit[0], exp_dir, base_dir, progress)]
-    from optcmp import vectorized
-
-    return vectorized.execute_group(unit, exp_dir, base_dir, progress=progress)
-
-
-def stand_in(exp_dir: Path, spec: RunSpec, status: str, error: str) -> dict[str, Any]:
-    """Write and return the result of a run that could not report one itself (stopped
-    before it finished, or its worker died), so the folder says what became of it."""
-    from optcmp.trainer import base_result
-
-    result = {**base_result(spec), "status": status, "error": error}
-    write_result(Path(exp_dir) / spec.run_id, result)
-    return result
+    return planning.plan_units(runs, engine, jobs)
 
 
 # --- resume --------------------------------------------------------------------------
 
 
 def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any]]:
-    """The results on disk this plan keeps: finished (ok or diverged) with the same resolved
+    """The results on disk this plan keeps: finished (ok, diverged or pruned) with the same resolved
     config. Refuses a folder holding results of another config under the same name."""
     by_id = {s.run_id: s for s in specs}
     swept = set(specs[0].params) if specs else set()
@@ -186,7 +89,7 @@ def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any
         result = read_result(run_dir)
         if result is None:
             continue
-        if result.get("status") not in KEPT:  # failed or interrupted: no numbers to keep or to mix up
+        if result.get("status") not in FINISHED:  # failed or interrupted: no numbers to keep or to mix up
             continue
         spec = by_id.get(run_dir.name)
         if spec is not None and result.get("config_hash") == spec.config_hash:
@@ -252,8 +155,10 @@ def write_plan(exp_dir: Path, specs: list[RunSpec]) -> None:
 
 
 def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events: Events | None = None,
-              execution: Execution | None = None, fresh: bool = False) -> SweepOutcome:
+              execution: Execution | None = None, fresh: bool = False,
+              runs: list[ResolvedRun] | None = None) -> SweepOutcome:
     """Run every spec that has no kept result, on the chosen executor; results in plan order.
+    `runs`: the specs as `preflight` resolved them (resolved here when not given).
 
     Ctrl-C (KeyboardInterrupt) stops the runs in flight, marks them `interrupted` and
     returns normally with `interrupted=True`, after runs.csv and the summary are written."""
@@ -263,8 +168,10 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     events = events or Events()
     execution = execution or Execution()
     jobs = execution.jobs if execution.executor == "local" else 1
+    runs = runs if runs is not None else preflight(loaded, specs)
+    by_id = {run.spec.run_id: run for run in runs}
     # --engine vectorized may refuse: before anything is written
-    all_units = plan_units(specs, execution.engine, jobs, loaded.base_dir) if execution.engine == "vectorized" else None
+    all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None
     with experiment_lock(exp_dir):
         if fresh:
             clear_experiment(exp_dir)
@@ -280,15 +187,16 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
         def record(unit: Unit, unit_results: list[dict[str, Any]], stopped: bool = False) -> None:
             """Take in a unit's results; after a stop, its runs without one were cut off."""
             reported = {r["run_id"] for r in unit_results}
-            for spec in unit:
+            for run in unit.runs:
+                run_id = run.spec.run_id
                 # what is on disk is what runs.csv shows (non-finite metrics are null there)
-                result = read_result(exp_dir / spec.run_id) if spec.run_id in reported else None
+                result = read_result(exp_dir / run_id) if run_id in reported else None
                 if result is None and stopped:
-                    result = stand_in(exp_dir, spec, "interrupted", "interrupted by the user")
-                if result is None:  # never started (a group stopped early): still to do
+                    result = stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user")
+                if result is None:  # never started: still to do
                     continue
-                results[spec.run_id] = result
-                outcome.interrupted |= result["status"] == "interrupted"
+                results[run_id] = result
+                outcome.interrupted |= result["status"] == Status.INTERRUPTED
                 events.run_end(result)
 
         def save(summary: bool) -> None:
@@ -296,7 +204,8 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
             if summary:
                 write_summary(exp_dir, loaded.config.summary.primary)
 
-        units = all_units if all_units is not None and not kept else plan_units(todo, execution.engine, jobs, loaded.base_dir)
+        units = all_units if all_units is not None and not kept else \
+            plan_units([by_id[s.run_id] for s in todo], execution.engine, jobs)
         start = time.perf_counter()
         executor = make_executor(execution, exp_dir, loaded.base_dir, events) if units else None
         try:

@@ -30,7 +30,7 @@ from typing import Any
 
 from optcmp.display import markdown, missing
 from optcmp.errors import OptcmpError
-from optcmp.results import FIRST_COLUMNS, atomic_write_text
+from optcmp.results import FIRST_COLUMNS, Status, atomic_write_text
 from optcmp.stats import CHAOS_METRICS, chaos_sentences, is_chaotic, mean_interval, sensitivity, wilson_interval
 
 METRICS = (
@@ -43,7 +43,7 @@ HIGHER_IS_BETTER = ("val_accuracy", "best_val_accuracy", "val_accuracy_tail", "t
 AGGREGATED_ROLES = ("run", "final")
 PROBE_ROLE = "ulp"
 ONE_SEED_NOTE = "one seed: no noise estimate, configs are not ranked"
-STATUS_ORDER = ("ok", "diverged", "pruned", "failed", "interrupted")
+STATUS_ORDER = tuple(s.value for s in Status)  # ok, diverged, pruned, failed, interrupted
 
 
 def _cell(text: str) -> Any:

@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 from optcmp.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test process: a dying model spares it, since preflight takes a dry step there. Worker
+# processes (forked, spawned, Ray's) inherit the variable and are not spared.
+os.environ.setdefault("OPTCMP_TEST_DRIVER_PID", str(os.getpid()))
 
 
 def run(config: Path, out: Path, *args: object):
@@ -53,7 +56,8 @@ class _Dies(nn.Module):
         self.marker = marker
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.marker is None or not self.marker.exists():
+        in_driver = os.getpid() == int(os.environ["OPTCMP_TEST_DRIVER_PID"])
+        if not in_driver and (self.marker is None or not self.marker.exists()):
             if self.marker is not None:
                 self.marker.write_text("died once\n")
             os._exit(13)  # the worker process dies, as when killed or out of memory
@@ -61,6 +65,7 @@ class _Dies(nn.Module):
 
 
 def dying_model(in_features: int, out_features: int, marker: str | None = None) -> nn.Module:
-    """Kills its process at the first forward pass (never at build time, so the driver's
-    preflight survives). With `marker`, only the first attempt dies: it leaves the file."""
+    """Kills its process at the first forward pass in a worker process (never in the test
+    process, so the driver's preflight, which takes a dry step, survives). With `marker`,
+    only the first attempt dies: it leaves the file."""
     return _Dies(nn.Linear(in_features, out_features), Path(marker) if marker else None)

@@ -54,9 +54,9 @@ def test_run_writes_every_output(finished):
         assert res["params"]["optimizer.weight_decay"] in (0.01, 0.1)
     runs = pd.read_csv(exp / "runs.csv")
     assert runs["run_id"].tolist() == ids
-    assert list(runs.columns[:10]) == [
-        "run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step",
-        "optimizer.weight_decay",
+    assert list(runs.columns[:13]) == [
+        "run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+        "diverged_step", "pruned_step", "optimizer.weight_decay",
     ]
     summary = pd.read_csv(exp / "summary.csv")
     assert sorted(summary["config_id"]) == ["adam-wd0.01", "adam-wd0.1"]
@@ -94,7 +94,7 @@ def test_tensorboard_tags(finished):
     histos = set(acc.Tags()["histograms"])
     names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "4.weight", "4.bias"]
     assert {f"weights/{n}" for n in names} <= histos and {f"grads/{n}" for n in names} <= histos
-    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10]
+    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10, 11]  # and the final weights
 
 
 def test_summary_rerenders_from_disk(finished):
@@ -266,8 +266,8 @@ def test_summary_wide_shows_every_column(finished):
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if line.startswith("#"))
     assert header.split() == ["#", "config", "weight_decay", "decay", "best_train_loss", "weight_norm", "near_zero_frac",
-                              "train_loss", "steps", "seconds", "steps_per_second", "n", "runs", "status", "diverged",
-                              "diverged_frac"]
+                              "train_loss_tail", "train_loss", "steps", "seconds", "steps_per_second", "group_size", "n",
+                              "runs", "status", "diverged", "diverged_frac"]
 
 
 def test_an_install_hint_keeps_its_brackets(finished, monkeypatch):

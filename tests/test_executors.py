@@ -25,7 +25,8 @@ sweep:
 log: {every: 5, histograms: {every: 20}}
 """
 IDS = ["adamw-wd0-s0", "adamw-wd0-s1", "adamw-wd0.1-s0", "adamw-wd0.1-s1"]
-TIMING = ("seconds", "steps_per_second")  # measured, so they differ from one attempt to the next
+# measured, so they differ from one attempt to the next; and the size of the unit a run trained in
+TIMING = ("seconds", "steps_per_second", "group_size")
 
 
 def numbers(exp: Path) -> dict[str, dict]:
@@ -90,13 +91,15 @@ def test_jobs_2_splits_a_vectorized_group_across_forked_workers(write_config, tm
     numbers (scalars, metrics, weights) of the whole group in this process."""
     from optcmp.config import load_config
     from optcmp.executors import start_method
-    from optcmp.runner import plan_units
+    from optcmp.runner import plan_units, preflight
     from optcmp.sweep import expand
 
     config = write_config(GROUP)
-    specs = expand(load_config(config).config)
-    assert [len(u) for u in plan_units(specs, "auto", jobs=2)] == [8, 8]
-    assert start_method(plan_units(specs, "auto", jobs=2), threads=1) == "fork"
+    loaded = load_config(config)
+    specs = expand(loaded.config)
+    units = plan_units(preflight(loaded, specs), "auto", jobs=2)
+    assert [len(u) for u in units] == [8, 8]
+    assert start_method(units, threads=1) == "fork"
     from typer.testing import CliRunner
 
     from optcmp.cli import app

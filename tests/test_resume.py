@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from optcmp.results import STATUSES
+from optcmp.results import Status
 from tests.sweeps import ROOT, result_files, run
 
 # Six runs of a few tenths of a second each: long enough to be caught in the middle.
@@ -107,7 +107,7 @@ def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_pa
     assert sorted(d.name for d in exp.iterdir() if d.is_dir()) == sorted(results)
     runs = pd.read_csv(exp / "runs.csv")
     assert dict(zip(runs["run_id"], runs["status"])) == {k: r["status"] for k, r in results.items()}
-    assert set(runs["status"]) <= set(STATUSES)
+    assert set(runs["status"]) <= {s.value for s in Status}
     summary = pd.read_csv(exp / "summary.csv")
     n_ok = statuses.count("ok")
     assert summary["n"].sum() == n_ok and summary["runs"].sum() == len(results)

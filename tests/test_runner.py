@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from optcmp.cli import app
 from optcmp.config import load_config
 from optcmp.errors import OptcmpError
-from optcmp.runner import Execution, plan_units
+from optcmp.runner import Execution, plan_units, preflight
 from optcmp.sweep import expand
 from tests.sweeps import ROOT, result_files, run
 
@@ -44,6 +44,10 @@ sweep:
   optimizer.fail_at: [null, 3]
 log: {every: 5, histograms: {every: 0}}
 """
+
+
+def plan_units_of(loaded, specs, engine: str = "auto", jobs: int = 1):
+    return plan_units(preflight(loaded, specs), engine, jobs)
 
 
 def status_of(exp: Path) -> dict[str, str]:
@@ -162,25 +166,27 @@ def test_a_second_writer_is_refused(write_config, tmp_path):
 
 
 def test_work_units_reach_the_vectorized_engine_through_one_seam(write_config, tmp_path, monkeypatch):
-    """plan_units asks `vectorized.group_specs`, run_unit hands a group to `execute_group`;
-    results come back in plan order whatever the grouping."""
+    """The runner executes the units `planning.plan_units` made, as given: run_unit hands a
+    vectorized unit to `vectorized.execute_unit`; results come back in plan order whatever
+    the grouping."""
+    from optcmp import planning, vectorized
     from optcmp.trainer import execute
+    from optcmp.units import Unit
 
     calls = []
 
-    def group_specs(specs, parts=1, base_dir=None):
-        return [specs[1::2], specs[0::2]]  # odd runs first: the driver must restore plan order
+    def plan_units(runs, engine="auto", jobs=1):
+        return [Unit(tuple(runs[1::2]), "vectorized"), Unit(tuple(runs[0::2]), "vectorized")]  # odd runs first
 
-    def execute_group(specs, exp_dir, base_dir, progress=None):
-        calls.append([s.run_id for s in specs])
-        return [execute(s, exp_dir, base_dir) for s in specs]
+    def execute_unit(unit, exp_dir, base_dir, progress=None, should_stop=None):
+        calls.append([s.run_id for s in unit])
+        return [execute(run, exp_dir, base_dir) for run in unit.runs]
 
-    from optcmp import vectorized
-
-    monkeypatch.setattr(vectorized, "group_specs", group_specs)
-    monkeypatch.setattr(vectorized, "execute_group", execute_group)
-    specs = expand(load_config(write_config(SWEEP)).config)
-    assert [[s.run_id for s in u] for u in plan_units(specs, "sequential")] == [[i] for i in IDS]
+    loaded = load_config(write_config(SWEEP))
+    specs = expand(loaded.config)
+    assert [[s.run_id for s in u] for u in plan_units_of(loaded, specs, "sequential")] == [[i] for i in IDS]
+    monkeypatch.setattr(planning, "plan_units", plan_units)
+    monkeypatch.setattr(vectorized, "execute_unit", execute_unit)
     result = CliRunner().invoke(app, ["run", str(write_config(SWEEP)), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert calls == [["adam-wd0-s1", "adam-wd0.1-s1"], ["adam-wd0-s0", "adam-wd0.1-s0"]]

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from optcmp import crc32c as crc
-from optcmp import histograms as hist
-from optcmp.tbevents import EventFileWriter
-from optcmp.tblog import RunLogger, log_histograms
+from optcmp.tb import crc32c as crc
+from optcmp.tb import histograms as hist
+from optcmp.tb.events import EventFileWriter
+from optcmp.tb.logger import RunLogger, log_histograms
 
 ea_mod = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -239,7 +239,7 @@ def test_a_redone_run_replaces_stale_events(tmp_path):
 
 
 def test_batched_jobs_keep_queue_order():
-    from optcmp.tbevents import BatchJob, _encode
+    from optcmp.tb.events import BatchJob, _encode
 
     class Numbered(BatchJob):
         batches = []
@@ -321,7 +321,7 @@ def test_scalar_summary_bytes_equal_protobuf():
 
     from tensorboardX.proto.summary_pb2 import Summary
 
-    from optcmp.tbevents import scalar_summaries, scalar_summary
+    from optcmp.tb.events import scalar_summaries, scalar_summary
 
     items = [("train/loss", 3.25), ("weight_norm/0", 1e-30), ("x" * 200, -2.5), ("big", 1e39), ("small", -1e39),
              ("nan", float("nan")), ("inf", -math.inf)]

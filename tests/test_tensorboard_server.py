@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 import torch
 
-from optcmp.tblog import RunLogger
+from optcmp.tb.logger import RunLogger
 
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None,

@@ -12,7 +12,8 @@ from torch import nn
 from optcmp.config import load_config
 from optcmp.errors import ConfigError
 from optcmp.sweep import expand
-from optcmp.trainer import execute, resolve_device
+from optcmp.resolve import resolve_device
+from optcmp.trainer import execute
 
 
 def reference_mlp() -> nn.Sequential:

@@ -29,10 +29,15 @@ from optcmp.batched_optim import unsupported_option
 from optcmp.config import ExperimentConfig, load_config
 from optcmp.models import mlp
 from optcmp.sweep import RunSpec, config_hash, expand
-from optcmp.trainer import LOSSES, execute
-from optcmp.vectorized import describe_units, execute_group, group_specs, why_not
+from optcmp.planning import MAX_MEMBERS, describe_units, plan_units
+from optcmp.resolve import LOSSES, resolve_runs
+from optcmp.trainer import execute
+from optcmp.engines import run_unit
+from optcmp.units import Unit
 
 TOLERANCE = 1e-5  # the acceptance bound: relative difference after 100 steps
+# Metrics of the unit a run trained in rather than of the run: its wall time and size.
+PER_UNIT = ("seconds", "steps_per_second", "group_size")
 
 REFERENCE = {
     "name": "vec",
@@ -42,6 +47,26 @@ REFERENCE = {
     "train": {"steps": 100, "loss": "mse"},
     "log": {"every": 10, "histograms": {"every": 0}},
 }
+
+
+def group_specs(specs: list[RunSpec], max_members: int = MAX_MEMBERS, parts: int = 1) -> list[Unit]:
+    """The planner's work units of `specs` under `--engine auto --jobs PARTS`."""
+    return plan_units(resolve_runs(specs), "auto", parts, max_members)
+
+
+def why_not(spec: RunSpec) -> str | None:
+    return resolve_runs([spec])[0].why_not
+
+
+def execute_group(specs: list[RunSpec], exp_dir, progress=None, max_members: int = MAX_MEMBERS) -> list[dict]:
+    """Plan `specs` and train each unit, as `optcmp run` does; after Ctrl-C the later units
+    are not started."""
+    results = []
+    for unit in plan_units(resolve_runs(specs), "auto", 1, max_members):
+        results += run_unit(unit, exp_dir, progress=progress)
+        if any(r["status"] == "interrupted" for r in results):
+            break
+    return results
 
 
 def specs_of(base: dict, members: list[dict]) -> list[RunSpec]:
@@ -87,8 +112,9 @@ def torch_optim_run(spec: RunSpec) -> dict[str, np.ndarray]:
 
 def worst_difference_to_torch_optim(members: list[dict], tmp_path) -> float:
     specs = specs_of(REFERENCE, members)
-    assert [len(u) for u in group_specs(specs)] == [len(specs)], "the case must train as one group"
-    results = execute_group(specs, tmp_path)
+    runs = resolve_runs(specs)
+    assert len({r.group_key for r in runs}) == 1 and runs[0].group_key, "the case must train as one group"
+    results = run_unit(Unit(tuple(runs), "vectorized"), tmp_path)  # a group of one too
     worst = 0.0
     for spec, result in zip(specs, results):
         assert result["status"] == "ok" and result["engine"] == "vectorized", result["error"]
@@ -215,7 +241,7 @@ def compare_engines(specs, tmp_path, rtol=TOLERANCE):
         assert {k: v[k] for k in ("decay", "params", "optimizer", "param_groups") if k in s} == \
                {k: s[k] for k in ("decay", "params", "optimizer", "param_groups") if k in s}
         for key, value in s["metrics"].items():
-            if key not in ("seconds", "steps_per_second") and value is not None:
+            if key not in PER_UNIT and value is not None:
                 worst = max(worst, abs(v["metrics"][key] - value) / max(abs(value), 1e-12))
         a = pd.read_csv(tmp_path / "vec" / spec.run_id / "metrics.csv")
         b = pd.read_csv(tmp_path / "seq" / spec.run_id / "metrics.csv")
@@ -298,15 +324,15 @@ log: {every: 1, histograms: {every: 0}}
 def test_schedule_tables_follow_torch_over_many_blocks(scheduler):
     """The optimizer's rates, built 512 steps at a time, are the ones torch's scheduler
     gives an SGD optimizer step after step, across block boundaries."""
-    from optcmp import vectorized
     from optcmp.batched_optim import BatchedOptimizer, Segment
     from optcmp.optimizers import build_scheduler
+    from optcmp.schedules import Schedules
 
     data = {**copy.deepcopy(REFERENCE), "optimizer": {"name": "sgd", "lr": 0.1}, "train": {"steps": 1100},
             "scheduler": scheduler}  # full batch: an epoch is one step
     config = ExperimentConfig.model_validate(data)
     spec = RunSpec("r", "r", 0, {}, config, config_hash(config))
-    schedule = vectorized._Schedules([spec, spec], [[0.1], [0.1]], n_train=20)
+    schedule = Schedules([(config, 1100)] * 2, [[0.1], [0.1]], n_train=20)
     params = torch.zeros(2, 3)
     opt = BatchedOptimizer("sgd", params, [Segment(0, 3, [{"lr": 0.1}] * 2, [False] * 2)], lr_at=schedule)
     ours = []
@@ -475,12 +501,13 @@ def test_chunks_give_the_same_results(tmp_path):
 
 
 def test_chunks_fit_the_memory_budget(tmp_path, monkeypatch):
-    from optcmp import vectorized
+    from optcmp import planning
 
     specs = specs_of(REFERENCE, FLOAT32_CASES["adam-adamw-mixed"])
-    per_member = vectorized.member_bytes(specs[0], 2, 1, 20, own_data=False)
-    monkeypatch.setattr(vectorized, "_memory_budget", lambda device: 2 * per_member)
-    assert [len(c) for c in vectorized._chunks(specs, torch.device("cpu"), None, 512)] == [2, 2, 2]
+    per_member = planning.member_bytes(resolve_runs(specs)[0])
+    assert per_member == 4 * (10 * 1501 + 4 * 20 * (81 * 2 + 2))  # the quadratic data is shared
+    monkeypatch.setattr(planning, "memory_budget", lambda device: 2 * per_member)
+    assert [len(c) for c in group_specs(specs)] == [2, 2, 2]
     results = execute_group(specs, tmp_path)
     assert [r["status"] for r in results] == ["ok"] * 6
 
@@ -606,7 +633,7 @@ def test_check_optimizer_refuses_what_torch_optim_refuses(options):
     preflight says what building one would say."""
     from optcmp.errors import ConfigError
     from optcmp.optimizers import build_optimizer
-    from optcmp.vectorized import check_optimizer
+    from optcmp.resolve import check_optimizer
 
     config = ExperimentConfig.model_validate({**copy.deepcopy(REFERENCE), "optimizer": options})
     model = mlp(2, 1, [20, 20, 20, 20], "layernorm", "none")
@@ -618,7 +645,7 @@ def test_check_optimizer_refuses_what_torch_optim_refuses(options):
 
 
 def test_check_optimizer_leaves_other_optimizers_to_torch():
-    from optcmp.vectorized import check_optimizer
+    from optcmp.resolve import check_optimizer
 
     config = ExperimentConfig.model_validate({**copy.deepcopy(REFERENCE), "optimizer": {"name": "rmsprop"}})
     assert check_optimizer(mlp(2, 1, [4], "none", "none"), config.optimizer) is False
@@ -765,9 +792,10 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
         assert ra["status"] == rb["status"] == "ok"
         assert set(ra["metrics"]) == set(rb["metrics"])
         for key, value in rb["metrics"].items():
-            if key not in ("seconds", "steps_per_second") and value is not None:
+            if key not in PER_UNIT and value is not None:
                 assert ra["metrics"][key] == pytest.approx(value, rel=TOLERANCE), (run_id, key)
         ta, tb = tensorboard_contents(vec / run_id), tensorboard_contents(seq / run_id)
         assert ta == tb
-        assert "weights/0.weight" in ta["histograms"] and ta["histograms"]["grads/8.bias"] == [0, 20]
+        # every 20 steps after the step's update, and the last step's: the final weights
+        assert "weights/0.weight" in ta["histograms"] and ta["histograms"]["grads/8.bias"] == [0, 20, 39]
         assert {"train/loss", "val/loss", "grad_norm", "update_ratio", "weight_norm/4"} <= set(ta["scalars"])

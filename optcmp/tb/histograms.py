@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .tbevents import varint
+from .events import varint
 
 # Columns of a summary row, before the bucket counts.
 MIN, MAX, NUM, SUM, SUM_SQUARES = range(5)

@@ -3,7 +3,7 @@
 The trainer only talks to `RunLogger`; how events are encoded and written is private here.
 Histograms are summarized in batches (`histograms.py`): on a GPU by a few ops on the device
 per step; on the CPU the step's tensors are only copied, and numpy summarizes many steps at
-once on a background thread, which also encodes and writes every event (`tbevents.py`). So
+once on a background thread, which also encodes and writes every event (`events.py`). So
 logging every parameter and gradient at every step costs little training time, and, at 30
 buckets of 16 bytes, little disk.
 """
@@ -27,9 +27,11 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
+from optcmp.results import Status as RunStatus
+from optcmp.results import atomic_write_text
+
 from . import histograms as hist
-from .results import atomic_write_text
-from .tbevents import BatchJob, EventFileWriter, event_bytes, scalar_summaries, scalar_summary
+from .events import BatchJob, EventFileWriter, event_bytes, scalar_summaries, scalar_summary
 
 # TensorBoard's own default for histograms (tf.summary.histogram): enough to show a
 # distribution's shape, and small on disk (16 bytes a bucket).
@@ -44,10 +46,11 @@ _EXPERIMENT_TAG = "_hparams_/experiment"
 _SESSION_START_TAG = "_hparams_/session_start_info"
 _SESSION_END_TAG = "_hparams_/session_end_info"
 _STATUS = {
-    "ok": Status.STATUS_SUCCESS,
-    "diverged": Status.STATUS_FAILURE,
-    "failed": Status.STATUS_FAILURE,
-    "interrupted": Status.STATUS_UNKNOWN,  # the proto has no "aborted"
+    RunStatus.OK: Status.STATUS_SUCCESS,
+    RunStatus.DIVERGED: Status.STATUS_FAILURE,
+    RunStatus.FAILED: Status.STATUS_FAILURE,
+    RunStatus.PRUNED: Status.STATUS_UNKNOWN,  # stopped on purpose: neither success nor failure
+    RunStatus.INTERRUPTED: Status.STATUS_UNKNOWN,  # the proto has no "aborted"
 }
 
 
@@ -126,8 +129,8 @@ class RunLogger:
         Call once, at the end of the run. `hparams` should hold the swept values by dotted
         key and `seed`, so seeds of one config show as separate rows. Each metric is also
         logged as the scalar `final/<name>` (the dashboard reads metric values from
-        scalars); metrics that are None are left out. `status` (ok, diverged, failed,
-        interrupted) sets the session's status in the dashboard.
+        scalars); metrics that are None are left out. `status` (a `results.Status`: ok,
+        diverged, pruned, failed, interrupted) sets the session's status in the dashboard.
         """
         finals = {
             name if name.startswith(_FINAL) else _FINAL + name: float(value)

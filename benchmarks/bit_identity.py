@@ -1,0 +1,84 @@
+"""Every shipped config trained with `--engine sequential` and `--engine auto`, compared
+bit for bit with a reference made the same way by an earlier commit (issue 16's acceptance:
+the redesign leaves every weights.npz as it was).
+
+    # once, from the commit to compare against:
+    python benchmarks/bit_identity.py --make /work/ref/engine
+    # after each change:
+    python benchmarks/bit_identity.py /work/ref/engine
+    python benchmarks/bit_identity.py /work/ref/engine --quick     # two small configs only
+
+Prints one line per config and engine: how many runs' weights.npz are bit-identical, and
+whether every metrics.csv is too. Exit status 1 when a weights.npz differs or is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+QUICK = ["linear_classifier", "real_data"]
+ENGINES = ("sequential", "auto")
+
+
+def train(config: str, engine: str, out: Path) -> Path:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "optcmp", "run", str(ROOT / "configs" / f"{config}.yaml"),
+                           "--engine", engine, "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{config} {engine}: optcmp run exited {done.returncode}\n{done.stdout}{done.stderr}")
+    (exp,) = [p for p in out.iterdir() if p.is_dir()]
+    return exp
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    with np.load(a) as x, np.load(b) as y:
+        return x.files == y.files and all(x[n].dtype == y[n].dtype and x[n].tobytes() == y[n].tobytes() for n in x.files)
+
+
+def compare(ref: Path, new: Path) -> tuple[int, int, bool, list[str]]:
+    """(identical weights, runs, every metrics.csv identical, the runs that differ)."""
+    runs = sorted(p.name for p in ref.iterdir() if (p / "result.json").exists())
+    same, csv_same, differ = 0, True, []
+    for run in runs:
+        a, b = ref / run / "weights.npz", new / run / "weights.npz"
+        if a.exists() != b.exists() or (a.exists() and not same_weights(a, b)):
+            differ.append(run)
+        else:
+            same += 1
+        csv_same &= (ref / run / "metrics.csv").read_bytes() == (new / run / "metrics.csv").read_bytes()
+    return same, len(runs), csv_same, differ
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ref", type=Path, nargs="?", default=Path("/work/ref/engine"))
+    parser.add_argument("--make", action="store_true", help="write the reference instead of comparing")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    args = parser.parse_args()
+    failed = False
+    for config in QUICK if args.quick else CONFIGS:
+        for engine in ENGINES:
+            where = args.ref / f"{config}-{engine}"
+            if args.make:
+                train(config, engine, where)
+                print(f"{config:18} {engine:10} reference written to {where}")
+                continue
+            (ref,) = [p for p in where.iterdir() if p.is_dir()]
+            with tempfile.TemporaryDirectory() as tmp:
+                same, n, csv_same, differ = compare(ref, train(config, engine, Path(tmp)))
+            failed |= bool(differ)
+            print(f"{config:18} {engine:10} weights.npz bit-identical: {same}/{n}; "
+                  f"metrics.csv {'identical' if csv_same else 'DIFFERENT'}" + (f"; differ: {', '.join(differ)}" if differ else ""))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Both engines train exactly as they did before the engine redesign: every run's final
+weights and metrics.csv equal, bit for bit, the reference that the commit before it
+(de51958) wrote for the configs of tests/fixtures/make_engine_reference.py."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import make_engine_reference as reference  # noqa: E402
+
+sys.path.remove(str(FIXTURES))
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(FIXTURES / "engine_reference.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    recorded = {k.removeprefix("platform/"): str(v) for k, v in arrays.items() if k.startswith("platform/")}
+    if recorded != reference.platform():
+        pytest.skip(f"the reference bits are of {recorded}, this is {reference.platform()}")
+    return arrays
+
+
+@pytest.mark.parametrize("engine", reference.ENGINES)
+@pytest.mark.parametrize("case", list(reference.CASES))
+def test_weights_and_scalars_are_bit_identical_to_the_reference(expected, case, engine, tmp_path):
+    got = reference.train(case, engine, tmp_path)
+    prefix = f"{case}/{engine}/"
+    wanted = {k: v for k, v in expected.items() if k.startswith(prefix)}
+    assert sorted(got) == sorted(wanted)
+    for key, value in wanted.items():
+        if key.endswith("metrics.csv"):
+            assert str(got[key]) == str(value), key
+        else:
+            assert got[key].dtype == value.dtype and got[key].tobytes() == value.tobytes(), key
