@@ -14,7 +14,8 @@ from typing import Any
 STATUSES = ("ok", "diverged", "failed", "interrupted")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-FIRST_COLUMNS = ["run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step"]
+FIRST_COLUMNS = ["run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+                 "diverged_step"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -54,9 +54,9 @@ def test_run_writes_every_output(finished):
         assert res["params"]["optimizer.weight_decay"] in (0.01, 0.1)
     runs = pd.read_csv(exp / "runs.csv")
     assert runs["run_id"].tolist() == ids
-    assert list(runs.columns[:10]) == [
-        "run_id", "config_id", "seed", "status", "decay", "engine", "device", "error", "diverged_step",
-        "optimizer.weight_decay",
+    assert list(runs.columns[:12]) == [
+        "run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
+        "diverged_step", "optimizer.weight_decay",
     ]
     summary = pd.read_csv(exp / "summary.csv")
     assert sorted(summary["config_id"]) == ["adam-wd0.01", "adam-wd0.1"]
