@@ -103,12 +103,12 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     _imports_done()
     units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
-    keys = list(loaded.config.sweep)
+    keys = list(dict.fromkeys(k for s in specs for k in s.params))  # a variant's own axes: its runs only
     table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
     for col in ["run_id", *keys, "seed"]:
         table.add_column(col)
     for s in specs:
-        table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
+        table.add_row(s.run_id, *(str(s.params.get(k, "")) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(loaded, specs)
     _print_units(units, engine, jobs, loaded.base_dir)

@@ -218,3 +218,16 @@ def test_runs_csv_has_the_variant_column(write_config, tmp_path):
     assert runs[["run_id", "variant"]].values.tolist() == [
         ["adam-s0", "adam"], ["sgdm-lr0.1-s0", "sgdm"], ["sgdm-lr0.01-s0", "sgdm"]]
     assert runs["optimizer.lr"].tolist()[1:] == [0.1, 0.01]
+
+
+def test_plan_lists_each_variant_with_its_own_axes(write_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    path = write_config("device: cpu\ntrain: {steps: 2}\nmodel: {hidden: [4]}\n" + SWEPT
+                        + "sweep: {optimizers.sgdm.lr: [0.1, 0.01]}\n")
+    result = CliRunner().invoke(app, ["plan", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines() if line.startswith("│")]
+    assert rows == [["adam-s0", "adam", "", "0"], ["sgdm-lr0.1-s0", "sgdm", "0.1", "0"], ["sgdm-lr0.01-s0", "sgdm", "0.01", "0"]]
