@@ -47,6 +47,7 @@ SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e
 ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can, the rest one by one; sequential: every run on its own; vectorized: as auto, but refuse (exit 2) when a run cannot be vectorized.")
 JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
+NO_IMPORTS_OPT = typer.Option(False, "--no-imports", help="Refuse every import path (package.module:Name) in the config: they run code. For configs from elsewhere; `plan` lists them.")
 
 
 def _imports_done() -> None:
@@ -65,11 +66,11 @@ def _imports_done() -> None:
 _gc_paused = False
 
 
-def _load(config: Path, sets: list[str], sweeps: list[str]):
+def _load(config: Path, sets: list[str], sweeps: list[str], no_imports: bool = False):
     from optcmp.config import load_config
     from optcmp.sweep import expand
 
-    loaded = load_config(config, sets, sweeps)
+    loaded = load_config(config, sets, sweeps, imports=not no_imports)
     return loaded, expand(loaded.config)
 
 
@@ -89,16 +90,22 @@ def _summary_table(table, title: str):
 
 @app.command()
 def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
-         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT) -> None:
+         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT, no_imports: bool = NO_IMPORTS_OPT) -> None:
     """List the runs a config expands to, their parameter groups, and which runs train
     together as one vectorized model, without training."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from optcmp.config import import_paths
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = _load(config, set_, sweep)
+    loaded, specs = _load(config, set_, sweep, no_imports)
+    paths = import_paths(loaded.config)
+    if paths:  # before preflight imports them
+        console.print(escape("import paths (they run code; --no-imports refuses them): "
+                             + ", ".join(f"{k} = {p}" for k, p in paths)), highlight=False, soft_wrap=True)
     preflight(loaded, specs)
     _imports_done()
     units = plan_units(specs, engine, jobs, loaded.base_dir)  # before any output: --engine vectorized may refuse
@@ -172,6 +179,7 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use, e.g. auto or ray://head:10001; default: a local Ray instance."),
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run asks for (0.25 lets four share one); default 1 for device cuda, or auto on a cluster with GPUs, else 0."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
+    no_imports: bool = NO_IMPORTS_OPT,
 ) -> None:
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
@@ -182,7 +190,7 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs = _load(config, set_, sweep)
+            loaded, specs = _load(config, set_, sweep, no_imports)
             preflight(loaded, specs)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)

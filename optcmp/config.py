@@ -15,6 +15,9 @@ Overrides with variants (`optimizers:`): `--set optimizers.sgdm.lr=0.05` sets on
 variant's key; `--set optimizer.lr=0.05` sets it for every variant (as a sweep key
 `optimizer.lr` does, see `sweep.expand`), while the file's `optimizer:` section holds the
 defaults the variants inherit.
+
+Import paths (`package.module:Name`) run code, like a script: see `trust` (`import_paths`,
+and `load_config(..., imports=False)` for `--no-imports`).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from optcmp.schema import (  # noqa: F401 - the models are part of this module's
     ACTIVATIONS, LOSSES, MAX_SEED, METRICS, NAME_RE, DataConfig, Distribution, ExperimentConfig, HistogramConfig,
     LogConfig, ModelConfig, OptimizerConfig, SchedulerConfig, SummaryConfig, TrainConfig, TuneConfig, VariantConfig,
 )
+from optcmp.trust import import_paths, refuse_imports  # noqa: F401 - part of this module's interface
 from optcmp.values import did_you_mean as _did_you_mean
 from optcmp.values import got, interval, shown, split_keyed
 from optcmp.yamlio import parse_yaml, read_yaml_file
@@ -308,8 +312,9 @@ def validate(data: Any, source: Source) -> ExperimentConfig:
     return config
 
 
-def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = ()) -> LoadedConfig:
-    """Read the YAML file, apply `--set KEY=VALUE` and `--sweep KEY=V1,V2`, validate once."""
+def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = (), imports: bool = True) -> LoadedConfig:
+    """Read the YAML file, apply `--set KEY=VALUE` and `--sweep KEY=V1,V2`, validate once.
+    `imports=False` (`--no-imports`) refuses every import path the config names."""
     path = Path(path)
     parsed = read_yaml_file(path)
     data = _mapping(parsed.value, str(path))
@@ -337,7 +342,10 @@ def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = ()) 
         source.texts.update({f"sweep.{key}{k}": t for k, t in parsed.texts.items()})
     if isinstance(data.get("optimizers"), dict):
         source.own_keys = {n: set(v) for n, v in data["optimizers"].items() if isinstance(v, dict)}
-    return LoadedConfig(validate(data, source), source, path.parent)
+    loaded = LoadedConfig(validate(data, source), source, path.parent)
+    if not imports:
+        refuse_imports(loaded)
+    return loaded
 
 
 def _targets(data: dict[str, Any], key: str) -> list[str]:
