@@ -176,8 +176,9 @@ def _seed_runs(config: ExperimentConfig, config_id: str, point: dict[str, Any], 
                variant: str | None) -> list[RunSpec]:
     """The runs of one config: one per seed, then its chaos probe."""
     out = []
+    first = ExperimentConfig.model_validate({**point, "seeds": [config.seeds[0]]})  # `point` is this config's own copy
     for seed in config.seeds:
-        resolved = ExperimentConfig.model_validate({**copy.deepcopy(point), "seeds": [seed]})
+        resolved = first if seed == config.seeds[0] else first.model_copy(update={"seeds": [seed]}, deep=True)
         out.append(RunSpec(f"{config_id}-s{seed}", config_id, seed, params, resolved,
                            config_hash(resolved, variant), variant))
     if len(config.seeds) >= 2 and probes_wanted(config.summary.chaos):
