@@ -33,19 +33,19 @@ def _is_yaml_text(text: str) -> bool:
     return ": " in text and not Path(text).exists()
 
 
-def _parsed(config: ConfigLike) -> tuple[Path, tuple[Any, dict[str, int]] | None]:
-    """(the name messages give the config, its parsed data and lines, or None for a file)."""
-    from optcmp.yamlio import parse_yaml
+def _parsed(config: ConfigLike):
+    """(the name messages give the config, its parsed form — or None for a file)."""
+    from optcmp.yamlio import Parsed, parse_yaml
 
     if isinstance(config, Mapping):
         data = copy.deepcopy(dict(config))
         data.setdefault("name", "experiment")
-        return Path("<dict>"), (data, {})  # no lines: messages name the key alone
+        return Path("<dict>"), Parsed(data)  # no lines: messages name the key alone
     if isinstance(config, str) and _is_yaml_text(config):
-        data, lines = parse_yaml(config, "<yaml>")
-        if isinstance(data, dict):
-            data.setdefault("name", "experiment")
-        return Path("<yaml>"), (data, lines)
+        parsed = parse_yaml(config, "<yaml>")
+        if isinstance(parsed.value, dict):
+            parsed.value.setdefault("name", "experiment")
+        return Path("<yaml>"), parsed
     if isinstance(config, (str, os.PathLike)):
         return Path(config), None
     raise OptcmpError(f"config: expected a path, a YAML string or a dict, got {type(config).__name__}")
@@ -68,28 +68,38 @@ def _as_sets(overrides: Overrides, option: str) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None):
-    """Load and validate a config (a path, YAML text or a dict) with its overrides, expand
-    its sweep, and build every run once without training (the preflight, dry step included):
-    (LoadedConfig, [RunSpec], [ResolvedRun])."""
+def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+               imports: bool = True):
+    """Load and validate a config (a path, YAML text or a dict) with its overrides and expand
+    its sweep, importing nothing yet: (LoadedConfig, [RunSpec]). `imports=False`
+    (`--no-imports`) refuses every import path the config names."""
     from optcmp.config import load_config
-    from optcmp.runner import preflight
     from optcmp.sweep import expand
 
     sets = _as_sets(overrides, "--set")
     if name is not None:  # the last --set: it wins; quoted, so `2024` stays a string
         sets.append(f"name={json.dumps(name)}")
     path, parsed = _parsed(config)
-    loaded = load_config(path, sets, _as_sets(sweeps, "--sweep"), parsed=parsed)
-    specs = expand(loaded.config)
+    loaded = load_config(path, sets, _as_sets(sweeps, "--sweep"), imports=imports, parsed=parsed)
+    return loaded, expand(loaded.config)
+
+
+def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+            imports: bool = True):
+    """`load_specs`, then build every run once without training (the preflight, dry step
+    included): (LoadedConfig, [RunSpec], [ResolvedRun])."""
+    from optcmp.runner import preflight
+
+    loaded, specs = load_specs(config, overrides, sweeps, name, imports)
     return loaded, specs, preflight(loaded, specs)
 
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
         name: str | None = None, engine: str = "auto", jobs: int = 1, threads: int = 1, executor: str = "local",
-        fresh: bool = False, quiet: bool = True) -> Experiment:
+        fresh: bool = False, quiet: bool = True, imports: bool = True) -> Experiment:
     """Train every run of `config` into `out/<name>/`, as `optcmp run` does, and return the
-    Experiment. A rerun keeps the runs that finished (`fresh=True` starts over).
+    Experiment. A rerun keeps the runs that finished (`fresh=True` starts over);
+    `imports=False` refuses import paths, as `--no-imports` does.
 
     `overrides`: `["optimizer.lr=0.001"]` or `{"optimizer.lr": 0.001}` (as `--set`);
     `sweeps`: `["optimizer.weight_decay=0.01,0.1"]` or `{"optimizer.weight_decay": [0.01, 0.1]}`
@@ -98,7 +108,7 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
-    loaded, specs, runs = prepare(config, overrides, sweeps, name)
+    loaded, specs, runs = prepare(config, overrides, sweeps, name, imports)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
     events = Events() if quiet else Events(run_end=_say_run)
     outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)

@@ -51,6 +51,7 @@ SWEEP_OPT = typer.Option([], "--sweep", help="Replace a sweep axis: KEY=V1,V2, e
 ENGINE_OPT = typer.Option("auto", "--engine", help="auto: train runs of one architecture together where the vectorized engine can, the rest one by one; sequential: every run on its own; vectorized: as auto, but refuse (exit 2) when a run cannot be vectorized.")
 JOBS_OPT = typer.Option(1, "--jobs", "-j", help="Local processes training runs in parallel; a vectorized group is split across them.")
 OUT_OPT = typer.Option(Path("runs"), "--out", help="Output root; the experiment goes to OUT/<name>/.")
+NO_IMPORTS_OPT = typer.Option(False, "--no-imports", help="Refuse every import path (package.module:Name) in the config: they run code. For configs from elsewhere; `plan` lists them.")
 NAME_OPT = typer.Option(None, "--name", help="The experiment's name (its folder under --out), as --set name=NAME.", show_default=False)
 
 
@@ -97,26 +98,33 @@ def _print_summary(table, title: str, wide: bool = False) -> None:
 
 @app.command()
 def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] = SWEEP_OPT, out: Path = OUT_OPT,
-         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT, name: Optional[str] = NAME_OPT) -> None:
+         engine: str = ENGINE_OPT, jobs: int = JOBS_OPT, name: Optional[str] = NAME_OPT,
+         no_imports: bool = NO_IMPORTS_OPT) -> None:
     """List the runs a config expands to, their parameter groups, and which runs train
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.api import prepare
-    from optcmp.runner import Execution, experiment_dir, plan_units
+    from optcmp.api import load_specs
+    from optcmp.config import import_paths
+    from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs, runs = prepare(config, set_, sweep, name)
+    loaded, specs = load_specs(config, set_, sweep, name, imports=not no_imports)
+    paths = import_paths(loaded.config)
+    if paths:  # before preflight imports them
+        console.print("import paths (they run code; --no-imports refuses them): "
+                      + ", ".join(f"{k} = {p}" for k, p in paths), soft_wrap=True)
+    runs = preflight(loaded, specs)
     _imports_done()
     units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
-    keys = list(loaded.config.sweep)
+    keys = list(dict.fromkeys(k for s in specs for k in s.params))  # a variant's own axes: its runs only
     table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
     for col in ["run_id", *keys, "seed"]:
         table.add_column(col)
     for s in specs:
-        table.add_row(s.run_id, *(str(s.params[k]) for k in keys), str(s.seed))
+        table.add_row(s.run_id, *(str(s.params.get(k, "")) for k in keys), str(s.seed))
     console.print(table)
     _print_groups(runs)
     _print_units(units, engine, jobs)
@@ -174,6 +182,7 @@ def run(
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run asks for (0.25 lets four share one); default 1 for device cuda, or auto on a cluster with GPUs, else 0."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
     name: Optional[str] = NAME_OPT,
+    no_imports: bool = NO_IMPORTS_OPT,
 ) -> None:
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
@@ -185,7 +194,7 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs, runs = prepare(config, set_, sweep, name)
+            loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
             outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)

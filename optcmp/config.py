@@ -1,251 +1,51 @@
-"""The experiment config: pydantic models with commented defaults, loading, overrides.
+"""The experiment config: loading, bounds, overrides, and one-line messages. The models
+themselves, with their commented defaults, are in `schema` (re-exported here).
 
 `load_config(path, sets, sweeps)` merges the file with `--set`/`--sweep` overrides first
 and validates once, so an override is checked exactly like the file's own value. Every
-error is an `OptcmpError` naming the file (or the option), the dotted key, the line and
-what is allowed.
+error is an `OptcmpError` naming the file (or the option), the line, the dotted key and
+what is allowed: `config.yaml:12: optimizer.lr: expected a number > 0 or null, got yes (a
+YAML boolean)`.
+
+Input is bounded: files of at most 1 MiB, YAML nested at most 32 deep and expanding (with
+aliases) to at most 100,000 values (`yamlio`), and at most `max_runs` runs (default
+10,000), counted from the sweep's lengths before anything is expanded.
+
+Overrides with variants (`optimizers:`): `--set optimizers.sgdm.lr=0.05` sets one
+variant's key; `--set optimizer.lr=0.05` sets it for every variant (as a sweep key
+`optimizer.lr` does, see `sweep.expand`), while the file's `optimizer:` section holds the
+defaults the variants inherit.
+
+Import paths (`package.module:Name`) run code, like a script: see `trust` (`import_paths`,
+and `load_config(..., imports=False)` for `--no-imports`).
 """
 from __future__ import annotations
 
 import copy
-import difflib
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from optcmp.errors import OptcmpError
-from optcmp.yamlio import parse_value, read_yaml_file
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-ACTIVATIONS = ("none", "relu", "gelu", "tanh", "sigmoid", "silu", "elu", "leaky_relu", "softplus")
-LOSSES = ("auto", "mse", "l1", "smooth_l1", "huber", "cross_entropy", "nll", "bce_with_logits")
-
-
-def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
-    """`value` if it is one of `choices`, else a did-you-mean error listing them."""
-    if value not in choices:
-        raise ValueError(f"unknown {what} `{value}`{_did_you_mean(value, choices)}; allowed: {', '.join(choices)}")
-    return value
+from optcmp.errors import ConfigError, OptcmpError
+from optcmp.schema import (  # noqa: F401 - the models are part of this module's interface
+    ACTIVATIONS, LOSSES, MAX_SEED, METRICS, NAME_RE, DataConfig, Distribution, ExperimentConfig, HistogramConfig,
+    LogConfig, ModelConfig, OptimizerConfig, SchedulerConfig, SummaryConfig, TrainConfig, TuneConfig, VariantConfig,
+)
+from optcmp.trust import import_paths, refuse_imports  # noqa: F401 - part of this module's interface
+from optcmp.values import did_you_mean as _did_you_mean
+from optcmp.values import got, interval, shown, split_keyed
+from optcmp.yamlio import Parsed, parse_yaml, read_yaml_file
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Strict):
-    # The defaults are the reference LayerNorm MLP of the weight-decay experiment.
-    kind: str = "mlp"  # mlp | linear | "package.module:factory"
-    hidden: list[int] = Field(default_factory=lambda: [20, 20, 20, 20])
-    norm: Literal["none", "layernorm", "batchnorm"] = "layernorm"
-    activation: str = "none"
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to an imported factory
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError("every hidden width must be ≥ 1")
-        return v
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, v: str) -> str:
-        return _one_of(v, ACTIVATIONS, "activation")
-
-
-class DataConfig(_Strict):
-    kind: str = "quadratic"  # quadratic | random_classification | sklearn | csv | "package.module:factory"
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of samples held out for validation
-    batch_size: Union[Literal["full"], int] = "full"  # full batch, or N samples per step (shuffled)
-    # random_classification: the reference classification data set
-    samples: int = Field(1000, ge=2)
-    features: int = Field(10, ge=1)
-    classes: int = Field(2, ge=2)
-    # sklearn / csv / imported factories
-    name: str | None = None  # sklearn data set shipped with the package: breast_cancer, digits, wine, iris, diabetes, linnerud
-    path: str | None = None  # csv file, relative to the config file's folder
-    target: str | None = None  # csv target column
-    columns: list[str] | None = None  # csv feature columns (default: every column but the target)
-    task: Literal["auto", "regression", "classification"] = "auto"  # auto: inferred from the target
-    standardize: bool = False  # features to mean 0, std 1, fitted on the training split only
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to an imported factory
-
-    @field_validator("batch_size")
-    @classmethod
-    def _positive_batch(cls, v: Any) -> Any:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("batch_size must be `full` or an integer ≥ 1")
-        return v
-
-
-class TrainConfig(_Strict):
-    steps: int | None = Field(None, ge=1)  # optimizer steps; give steps or epochs
-    epochs: int | None = Field(None, ge=1)  # passes over the training set
-    loss: str = "auto"  # auto: mse for regression, cross_entropy for classification
-    diverge_threshold: float | None = None  # a loss above this also counts as diverged
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        return _one_of(v, LOSSES, "loss")
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> "TrainConfig":
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError("give either steps or epochs, not both")
-        if self.steps is None and self.epochs is None:
-            self.steps = 1000
-        return self
-
-
-class OptimizerConfig(BaseModel):
-    # Any other key is a keyword argument of the optimizer, checked against its signature.
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str = "adam"  # any torch.optim class (case-insensitive) or "package.module:Class"
-    lr: float | None = Field(None, gt=0)  # None: the optimizer's own default
-    weight_decay: float | None = Field(None, ge=0)  # None: the optimizer's default (AdamW 0.01, Adam 0)
-    # Parameters whose weight_decay is 0: `bias`, `norm` (weights and biases of normalization
-    # layers) or name patterns (globs; `head` also matches head.weight, `LayerNorm.weight`
-    # also matches encoder.0.LayerNorm.weight).
-    no_decay: list[str] = Field(default_factory=list)
-    # Per-module options, first match wins: [{params: "head", lr: 0.1}, …]; `params` is a
-    # pattern as in no_decay, or a list of them; the other keys are optimizer arguments.
-    groups: list[dict[str, Any]] = Field(default_factory=list)
-
-    @field_validator("no_decay", mode="before")
-    @classmethod
-    def _one_pattern(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for the optimizer class (defaults left out)."""
-        out = dict(self.model_extra or {})
-        if self.lr is not None:
-            out["lr"] = self.lr
-        if self.weight_decay is not None:
-            out["weight_decay"] = self.weight_decay
-        return out
-
-
-class SchedulerConfig(BaseModel):
-    # Any other key is a keyword argument of the scheduler, checked against its signature.
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    # any torch.optim.lr_scheduler class (case-insensitive), "package.module:Class", or
-    # `constant` (the same as null): the learning rate stays put after the warmup
-    name: str | None = None
-    interval: Literal["step", "epoch"] = "step"  # scheduler.step() after every optimizer step, or every epoch
-    # Linear warmup from lr·warmup_start_factor to lr before the schedule starts, counted in
-    # optimizer steps (interval: step) or in epochs (interval: epoch).
-    warmup_steps: int = Field(0, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
-    warmup_start_factor: float = Field(0.01, gt=0, le=1)
-
-    @field_validator("name")
-    @classmethod
-    def _constant_is_none(cls, v: str | None) -> str | None:
-        # a readable sweep value and run id for "no schedule" (torch's ConstantLR is another thing)
-        return None if v is not None and v.lower() == "constant" else v
-
-    @model_validator(mode="after")
-    def _warmup_unit(self) -> "SchedulerConfig":
-        if self.interval == "step" and self.warmup_epochs:
-            raise ValueError("warmup_epochs needs interval: epoch; with interval: step give warmup_steps")
-        if self.interval == "epoch" and self.warmup_steps:
-            raise ValueError("warmup_steps needs interval: step; with interval: epoch give warmup_epochs")
-        return self
-
-    @property
-    def warmup(self) -> int:
-        """Warmup length in scheduler steps (the unit of `interval`)."""
-        return self.warmup_steps if self.interval == "step" else self.warmup_epochs
-
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class HistogramConfig(_Strict):
-    every: int = Field(10, ge=0)  # 0 switches histograms off
-    weights: bool = True
-    grads: bool = True
-    bins: int = Field(30, ge=1, le=1000)  # buckets per histogram
-
-
-class LogConfig(_Strict):
-    every: int = Field(1, ge=1)  # scalars every N steps (or epochs, when training by epochs)
-    histograms: HistogramConfig = Field(default_factory=HistogramConfig)
-
-
-class SummaryConfig(_Strict):
-    primary: str | None = None  # ranking metric; default val_loss where there is one, else train_loss
-    near_zero: float = Field(1e-3, gt=0)  # |w| below this counts as "near zero"
-
-
-class ExperimentConfig(_Strict):
-    name: str = "experiment"  # the folder under the output root
-    seeds: list[int] = Field(default_factory=lambda: [0])  # or a count N, meaning 0..N-1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig | None = None
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key → values (a grid)
-    log: LogConfig = Field(default_factory=LogConfig)
-    summary: SummaryConfig = Field(default_factory=SummaryConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not NAME_RE.match(v) or ".." in v:
-            raise ValueError(
-                "must be letters, digits, '.', '_' or '-' (at most 100, not starting with '.' or '-', no '..')"
-            )
-        return v
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seed_count(cls, v: Any) -> Any:
-        if isinstance(v, bool):
-            raise ValueError("a list of integers or a count")
-        if isinstance(v, int):
-            if v < 1:
-                raise ValueError("a count must be ≥ 1")
-            return list(range(v))
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("give at least one seed")
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be distinct")
-        if any(s < 0 for s in v):
-            raise ValueError("seeds must be ≥ 0")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device_form(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
-            raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
-        return v
-
-    @field_validator("sweep")
-    @classmethod
-    def _sweep_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in v.items():
-            if not values:
-                raise ValueError(f"{key}: give at least one value")
-            if key in ("sweep", "seeds", "name") or key.startswith("sweep."):
-                raise ValueError(f"{key}: cannot be swept (use `seeds` for seeds)")
-        return v
-
-
-# --- loading -------------------------------------------------------------------------
+def _parent(key: str) -> str:
+    if key.endswith("]"):
+        return key[: key.rindex("[")]
+    return key.rpartition(".")[0]
 
 
 @dataclass
@@ -254,7 +54,9 @@ class Source:
 
     path: str
     lines: dict[str, int] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # dotted key → the scalar as written (`yes`)
     overrides: dict[str, str] = field(default_factory=dict)  # dotted key → "--set k=v"
+    own_keys: dict[str, set[str]] = field(default_factory=dict)  # variant → the keys it sets itself
 
     def where(self, key: str) -> str:
         """`file:line: key` or `--set key=value: key` for the most specific known place."""
@@ -264,7 +66,7 @@ class Source:
                 return f"{self.overrides[probe]}: {key}"
             if probe in self.lines:
                 return f"{self.path}:{self.lines[probe]}: {key}"
-            probe = probe.rpartition(".")[0]
+            probe = _parent(probe)
         return f"{self.path}: {key}"
 
     def error(self, key: str, message: str) -> OptcmpError:
@@ -277,59 +79,168 @@ class LoadedConfig:
     source: Source
     base_dir: Path  # the config file's folder: relative paths in the config are relative to it
 
+    def locate(self, err: ConfigError, params: dict[str, Any] | None = None, variant: str | None = None) -> OptcmpError:
+        """A `ConfigError` met while building a run (its key is the run's, e.g.
+        `optimizer.momentum`) as a message naming where the value was given: the sweep axis
+        that set it, the variant's own key, or the `optimizer:` default a variant inherited."""
+        key, message = err.key, err.message
+        for swept, value in (params or {}).items():
+            if swept != "variant" and (key == swept or key.startswith((swept + ".", swept + "["))):
+                return self.source.error(f"sweep.{self._sweep_key(swept, variant)}", f"{shown(value)}: {message}")
+        if variant is not None:
+            own = self.source.own_keys.get(variant, set())
+            section, _, rest = key.partition(".")
+            if section == "optimizer" and (not rest or re.split(r"[.\[]", rest)[0] in own):
+                key = f"optimizers.{variant}" + (f".{rest}" if rest else "")
+            elif section == "optimizer":
+                message = f"(inherited by variant {variant}) {message}"
+            elif section == "scheduler" and "scheduler" in own:
+                key = f"optimizers.{variant}.{key}"
+        return self.source.error(key, message)
 
-def _did_you_mean(word: str, choices) -> str:
-    word = str(word)
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    if not close:
-        return ""
-    # difflib ranks `adamax` above `adam` for `adma`; a typo rarely changes the length
-    best = min(close, key=lambda c: (abs(len(c) - len(word)), -difflib.SequenceMatcher(None, word, c).ratio()))
-    return f" (did you mean `{best}`?)"
+    def _sweep_key(self, target: str, variant: str | None) -> str:
+        if variant is not None:
+            own = f"optimizers.{variant}.{target.removeprefix('optimizer.')}"
+            if own in self.config.sweep:
+                return own
+        return target
 
 
-def _model_fields(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+# --- messages ----------------------------------------------------------------------
 
 
-def _field_model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the mapping at `loc` (for did-you-mean lists)."""
-    model: type[BaseModel] = ExperimentConfig
+def _unwrap(annotation: Any, meta: list[Any]) -> tuple[Any, list[Any], bool]:
+    """(inner annotation, constraints, optional) of Annotated[...] and X | None."""
+    optional = False
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            for x in extra:
+                meta = [*meta, *(x.metadata if isinstance(x, FieldInfo) else [x])]
+            continue
+        args = get_args(annotation)
+        if get_origin(annotation) in (Union, types.UnionType) and type(None) in args:
+            rest = [a for a in args if a is not type(None)]
+            optional = True
+            if len(rest) == 1:
+                annotation = rest[0]
+                continue
+        return annotation, meta, optional
+
+
+def _field_at(loc: tuple) -> tuple[Any, list[Any]] | None:
+    """The annotation and constraints of the config field at `loc`, or None."""
+    annotation: Any = ExperimentConfig
+    meta: list[Any] = []
     for part in loc:
-        info = model.model_fields.get(str(part))
-        if info is None:
+        annotation, meta, _ = _unwrap(annotation, meta)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(str(part))
+            if info is None:
+                return None
+            annotation, meta = info.annotation, list(info.metadata)
+        elif get_origin(annotation) is list and isinstance(part, int):
+            annotation, meta = get_args(annotation)[0], []
+        elif get_origin(annotation) is dict:
+            annotation, meta = get_args(annotation)[1], []
+        else:
             return None
-        ann = info.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if nxt is None:
-            return None
-        model = nxt
-    return model
+    return annotation, meta
 
 
-def _format_validation_error(err: ValidationError, source: Source, prefix: str = "") -> OptcmpError:
+def _describe(annotation: Any, meta: list[Any]) -> str | None:
+    annotation, meta, optional = _unwrap(annotation, meta)
+    names = {"Gt": "gt", "Ge": "ge", "Lt": "lt", "Le": "le"}
+    bounds = {type(m).__name__: getattr(m, names[type(m).__name__]) for m in meta if type(m).__name__ in names}
+    low = bounds.get("Gt", bounds.get("Ge"))
+    high = bounds.get("Lt", bounds.get("Le"))
+    span = interval(low, high, "Gt" in bounds, "Lt" in bounds)
+    origin = get_origin(annotation)
+    if annotation is bool:
+        text = "true or false"
+    elif annotation is int:
+        text = f"an integer{span}"
+    elif annotation is float:
+        text = f"a number{span}"
+    elif annotation is str:
+        text = "a string"
+    elif origin is Literal:
+        text = "one of " + ", ".join(map(str, get_args(annotation)))
+    elif origin is list:
+        inner = _describe(get_args(annotation)[0], [])
+        text = f"a list of {_plural(inner)}" if inner else "a list"
+    elif origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        text = "a mapping"
+    else:
+        return None
+    return f"{text} or null" if optional else text
+
+
+def _plural(text: str) -> str:
+    if text == "true or false":
+        return "booleans"
+    text = re.sub(r"^an? ", "", text)
+    word, _, rest = text.partition(" ")
+    return f"{word}s {rest}".rstrip() if not word.endswith("s") else text
+
+
+def _key_of(loc: tuple) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def format_validation_error(err: ValidationError, source: Source) -> OptcmpError:
+    """The first error pydantic found, as one line with its file, line, key and what is allowed
+    (`a number in [0, 1)`, `a list of integers ≥ 1`, from the field's type and constraints)."""
+    return source.error(*explain(err, source))
+
+
+def explain(err: ValidationError, source: Source) -> tuple[str, str]:
+    """(dotted key, message) of the first error pydantic found."""
     e = err.errors()[0]
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-    # pydantic names union members in loc (`int`, `literal['full']`); drop them
-    loc = tuple(p for p in loc if p not in ("int", "str", "float", "list[int]", "function-before[_seed_count(), list[int]]"))
-    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    key = f"{prefix}{key}" if prefix else key
-    if e["type"] == "extra_forbidden":
-        owner = _field_model_at(loc[:-1])
-        allowed = _model_fields(owner) if owner else []
+    kind, value = e["type"], e.get("input")
+    key = _key_of(loc)
+    text = source.texts.get(key)
+    if kind == "extra_forbidden":
+        owner = _expected_owner(loc[:-1])
+        allowed = list(owner.model_fields) if owner else []
         msg = f"unknown key{_did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
+    elif kind == "value_error":
+        sub, msg = split_keyed(str(e.get("ctx", {}).get("error", e["msg"])))
+        msg = msg.removeprefix("Value error, ")
+        key = f"{key}.{sub}".strip(".").replace(".[", "[") if sub else key
+        if text is not None and not sub:  # a validator's own message: the value as the user wrote it
+            msg = msg.replace(f"got {shown(value)}", f"got {shown(value, text)}", 1)
     else:
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] in ("literal_error",):
-            msg = msg.replace("Input should be", "allowed:")
-        if e["type"].endswith("_type") or e["type"].endswith("_parsing"):
-            msg = f"{msg}, got {e.get('input')!r}"
-    return source.error(key or "(top level)", msg)
+        field = _field_at(loc)
+        expected = _describe(*field) if field else None
+        if kind == "literal_error":
+            choices = get_args(_unwrap(field[0], [])[0]) if field else ()
+            msg = f"expected {expected}, {got(value, text)}{_did_you_mean(value, choices)}"
+        elif expected and kind.startswith(("greater_than", "less_than", "finite_number")):
+            msg = f"expected {expected}, got {shown(value, text)}"
+            if re.fullmatch(r"(tune\.)?(final_)?seeds\[\d+\]", key) and kind.startswith("less_than"):
+                msg += " (the largest seed is 2**63 − 1 − 0x5EED: the shuffle generator gets seed + 0x5EED)"
+        elif expected:
+            msg = f"expected {expected}, {got(value, text)}"
+        else:
+            msg = f"{e['msg']}, {got(value, text)}"
+    return key or "(top level)", msg
+
+
+def _expected_owner(loc: tuple) -> type[BaseModel] | None:
+    """The model class that owns the mapping at `loc` (for did-you-mean lists)."""
+    field = _field_at(loc)
+    owner = _unwrap(field[0], [])[0] if field else None
+    return owner if isinstance(owner, type) and issubclass(owner, BaseModel) else None
+
+
+# --- loading -----------------------------------------------------------------------
 
 
 def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
-    """Set `a.b.c` in nested dicts, creating levels; a non-mapping in the way is an error."""
+    """Set `a.b.c` in nested dicts, creating levels; a non-mapping in the way is an error.
+    The value is copied: a sweep value is never shared between runs."""
     parts = key.split(".")
     cur = data
     for i, part in enumerate(parts[:-1]):
@@ -339,75 +250,121 @@ def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
         if not isinstance(nxt, dict):
             raise OptcmpError(f"{where}: {'.'.join(parts[: i + 1])} is not a mapping, cannot set {key}")
         cur = nxt
-    cur[parts[-1]] = value
+    cur[parts[-1]] = copy.deepcopy(value)
 
 
 def _split_override(text: str, option: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_][A-Za-z0-9_+-]*)*", key):
         raise OptcmpError(f"{option} {text!r}: expected KEY=VALUE with a dotted key, e.g. {option} optimizer.lr=0.001")
+    if not value.strip():
+        what = "at least one value, e.g. --sweep optimizer.lr=0.01,0.1" if option == "--sweep" else \
+            "a value (null for the default), e.g. --set optimizer.lr=0.001"
+        raise OptcmpError(f"{option} {text}: nothing after `=`; allowed: {what}")
     return key, value
 
 
-def validate(data: Any, source: Source) -> ExperimentConfig:
-    """Validate a merged config dict, and every point of its sweep grid."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise OptcmpError(f"{source.path}: the config must be a mapping of keys (name, model, data, …)")
+def _check(data: dict[str, Any], source: Source) -> ExperimentConfig:
     try:
-        config = ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise _format_validation_error(err, source) from None
-    # A swept key must be a real config key, and each value valid there: validate the
-    # config with each value put in place (the keys of optimizer/scheduler kwargs are
-    # checked later against the class signature).
-    base = config.model_dump(mode="python", exclude={"sweep"})
+        raise format_validation_error(err, source) from None
+
+
+def _check_at(base: dict[str, Any], key: str, value: Any, where: str, source: Source, text: str | None) -> None:
+    """Validate the config with `value` (written as `text`) put at `key`; an error names `where`."""
+    trial = copy.deepcopy(base)
+    set_dotted(trial, key, value, source.where(where))
+    try:
+        ExperimentConfig.model_validate(trial)
+    except ValidationError as err:
+        found, message = explain(err, Source(source.path, texts={key: text} if text is not None else {}))
+        raise source.error(where, message if found == key else f"value {shown(value)}: {found}: {message}") from None
+
+
+def _mapping(data: Any, path: str) -> dict[str, Any]:
+    """The document, which must be a mapping: an empty file (or only comments) is an error."""
+    if data is None:
+        raise OptcmpError(f"{path}: the config is empty; give at least one key (see configs/ for examples)")
+    if not isinstance(data, dict):
+        raise OptcmpError(f"{path}: the config must be a mapping of keys (name, model, data, …), got {shown(data)}")
+    return data
+
+
+def validate(data: Any, source: Source) -> ExperimentConfig:
+    """Validate a merged config dict, every value of its sweep axes and every end of its
+    search spaces, each at the key it sets."""
+    config = _check(_mapping(data, source.path), source)
+    base = config.model_dump(mode="python", exclude={"sweep", "tune"})
     for key, values in config.sweep.items():
-        for value in values:
-            trial = copy.deepcopy(base)
-            set_dotted(trial, key, value, source.where(f"sweep.{key}"))
-            try:
-                ExperimentConfig.model_validate(trial)
-            except ValidationError as err:
-                e = _format_validation_error(err, source)
-                raise source.error(f"sweep.{key}", f"value {value!r}: {str(e).split(': ', 2)[-1]}") from None
+        if key != "variant":
+            for i, value in enumerate(values):
+                _check_at(base, key, value, f"sweep.{key}", source, source.texts.get(f"sweep.{key}[{i}]"))
+    spaces = [("tune.space", None, config.tune.space if config.tune else {})]
+    spaces += [(f"optimizers.{n}.space", n, v.space) for n, v in config.optimizers.items()]
+    for where, variant, space in spaces:
+        for key, dist in space.items():
+            target = key if variant is None or key.split(".")[0] not in ("optimizer", "scheduler") else \
+                f"optimizers.{variant}.{key.removeprefix('optimizer.')}"
+            for value in dist.endpoints():
+                _check_at(base, target, value, f"{where}.{key}", source, None)
     return config
 
 
-def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = (),
-                parsed: tuple[Any, dict[str, int]] | None = None) -> LoadedConfig:
+def load_config(path: str | Path, sets: list[str] = (), sweeps: list[str] = (), imports: bool = True,
+                parsed: Parsed | None = None) -> LoadedConfig:
     """Read the YAML file, apply `--set KEY=VALUE` and `--sweep KEY=V1,V2`, validate once.
+    `imports=False` (`--no-imports`) refuses every import path the config names.
 
-    `parsed`: (data, key → line) of a config that is no file (the API's YAML text or dict);
-    `path` then only names it in messages, and relative paths in it are the working folder's."""
+    `parsed`: a config that is no file (the API's YAML text or dict); `path` then only names
+    it in messages, and relative paths in it are the working folder's."""
     path = Path(path)
-    data, lines = read_yaml_file(path) if parsed is None else parsed
-    source = Source(str(path), lines)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise OptcmpError(f"{path}: the config must be a mapping of keys (name, model, data, …)")
+    parsed = read_yaml_file(path) if parsed is None else parsed
+    data = _mapping(parsed.value, str(path))
+    source = Source(str(path), parsed.lines, parsed.texts)
     data.setdefault("name", _default_name(path))
     for text in sets:
         key, raw = _split_override(text, "--set")
         where = f"--set {text}"
-        value = parse_value(raw, where)
-        set_dotted(data, key, value, where)
-        source.overrides[key] = where
-        # a fixed value replaces a sweep axis over the same key
-        if isinstance(data.get("sweep"), dict):
-            data["sweep"].pop(key, None)
+        value = parse_yaml(raw, where).value
+        for target in _targets(data, key):
+            set_dotted(data, target, value, where)
+            source.overrides[target] = where
+            source.texts[target] = raw.strip()
+            # a fixed value replaces a sweep axis over the same key
+            if isinstance(data.get("sweep"), dict):
+                data["sweep"].pop(target, None)
     for text in sweeps:
         key, raw = _split_override(text, "--sweep")
         where = f"--sweep {text}"
-        values = parse_value(f"[{raw}]", where)
+        parsed = parse_yaml(f"[{raw}]", where)
         if not isinstance(data.get("sweep"), dict):
             data["sweep"] = {}
-        data["sweep"][key] = values
+        data["sweep"][key] = parsed.value
         source.overrides[f"sweep.{key}"] = where
-    return LoadedConfig(validate(data, source), source, path.parent)
+        source.texts.update({f"sweep.{key}{k}": t for k, t in parsed.texts.items()})
+    if isinstance(data.get("optimizers"), dict):
+        source.own_keys = {n: set(v) for n, v in data["optimizers"].items() if isinstance(v, dict)}
+    loaded = LoadedConfig(validate(data, source), source, path.parent)
+    if not imports:
+        refuse_imports(loaded)
+    return loaded
+
+
+def _targets(data: dict[str, Any], key: str) -> list[str]:
+    """Where `--set key=…` goes: the key, and with variants, `optimizer.K` also into every
+    variant (it applies to all, as a sweep key does) and `scheduler.K` into every variant
+    that has a scheduler of its own."""
+    variants = data.get("optimizers")
+    if not isinstance(variants, dict):
+        return [key]
+    section, _, rest = key.partition(".")
+    if section == "optimizer" and rest:
+        return [key, *(f"optimizers.{n}.{rest}" for n in variants)]
+    if section == "scheduler":
+        return [key, *(f"optimizers.{n}.{key}" for n, v in variants.items() if isinstance(v, dict) and "scheduler" in v)]
+    return [key]
 
 
 def _default_name(path: Path) -> str:

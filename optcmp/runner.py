@@ -61,9 +61,7 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> list[ResolvedRun]:
         try:
             out.append(resolver(spec))
         except ConfigError as e:
-            swept = next((k for k in spec.params if e.key == k or e.key.startswith(k + ".")), None)
-            key = f"sweep.{swept}" if swept else e.key
-            raise loaded.source.error(key, e.message if not swept else f"{spec.params[swept]!r}: {e.message}") from None
+            raise loaded.locate(e, spec.params, spec.variant) from None
     return out
 
 

@@ -1,77 +1,62 @@
-"""optcmp's modules import one another without a cycle: every import counts, at module
-level, inside a function, or for type checking only."""
+"""Keyword checks of imported and torch objects: names against the signature, values
+against the parameter's annotation or default (strict: a bool is not a number)."""
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import inspect
+from typing import Literal
 
-PACKAGE = Path(__file__).resolve().parent.parent / "optcmp"
+import pytest
+import torch
 
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported(path: Path, modules: set[str]) -> set[str]:
-    """The optcmp modules that `path` imports anywhere in its code."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*up, base] if base else up)
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}  # `from optcmp import planning`
-    # a module is known by its own name; its packages' __init__ are not edges
-    return {m for m in out if m in modules and m != name and not (PACKAGE / Path(*m.split(".")[1:]) / "__init__.py").exists()}
+from optcmp.errors import ConfigError
+from optcmp.imports import check_kwargs, describe, expectation
 
 
-def graph() -> dict[str, set[str]]:
-    paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {module_name(p) for p in paths}
-    return {module_name(p): imported(p, modules) for p in paths}
-
-
-def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(edges.get(node, ())):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(edges):
-        if node not in state and (cycle := visit(node)):
-            return cycle
+def _f(a: float = 1.0, b: bool = False, c=3, d=(0.9, 0.99), e: "int | None" = None,
+       g: Literal["x", "y"] = "x", h=None, t: "torch.Tensor | float" = 1.0, u=(None, 1e-3), v="s", w: object = 2.0):
     return None
 
 
-def test_the_graph_is_read_from_the_sources():
-    edges = graph()
-    assert {"optcmp.units", "optcmp.results"} <= edges["optcmp.executors"]
-    assert "optcmp.runner" not in edges["optcmp.executors"]
-    assert edges["optcmp.tb.logger"] >= {"optcmp.tb.histograms", "optcmp.tb.events", "optcmp.results"}
-    assert "optcmp.trainer" in edges["optcmp.engines"]  # an import inside a function counts
+@pytest.mark.parametrize("name, text, good, bad", [
+    ("a", "a number", [1, 2.5], [True, "1.0", None]),
+    ("b", "true or false", [True, False], [0, 1, "false", None]),
+    ("c", "an integer", [0, -3], [1.5, True, "3"]),
+    ("d", "a list of 2 numbers", [[0.1, 0.2], (1, 2)], [[0.9], [0.9, True], 0.9, [0.1, 0.2, 0.3]]),
+    ("e", "an integer or null", [None, 4], [4.0, "4"]),
+    ("g", "one of x, y", ["x", "y"], ["z", 1]),
+    ("t", "a number", [0.5], ["0.5"]),
+    ("u", "a list of 2 nulls or numbers", [[None, 0.1], [1, 2]], [[None], ["a", 1]]),
+    ("v", "a string", ["other"], [1, None]),
+])
+def test_expectations_from_annotations_and_defaults(name, text, good, bad):
+    param = inspect.signature(_f).parameters[name]
+    exp = expectation(param)
+    assert describe(exp) == text
+    for value in good:
+        check_kwargs("k", _f, {name: value})
+    for value in bad:
+        with pytest.raises(ConfigError):
+            check_kwargs("k", _f, {name: value})
 
 
-def test_a_cycle_is_found():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+def test_a_parameter_without_a_plain_type_takes_anything():
+    for name in ("h", "w"):
+        assert expectation(inspect.signature(_f).parameters[name]) is None
+        check_kwargs("k", _f, {name: "anything"})
 
 
-def test_no_import_cycle_among_optcmp_modules():
-    assert find_cycle(graph()) is None
+def test_torch_annotations():
+    adam = inspect.signature(torch.optim.Adam).parameters
+    assert describe(expectation(adam["lr"])) == "a number"  # float | Tensor: no YAML value is a tensor
+    assert describe(expectation(adam["betas"])) == "a list of 2 numbers"
+    assert describe(expectation(adam["foreach"])) == "true or false or null"
+    plateau = inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau).parameters
+    assert describe(expectation(plateau["min_lr"])) == "a list of numbers or a number"  # a string annotation
+    assert expectation(inspect.signature(torch.optim.lr_scheduler.LambdaLR).parameters["lr_lambda"]) is None
+
+
+def test_names_and_values_in_one_message():
+    with pytest.raises(ConfigError) as exc:
+        check_kwargs("optimizer", torch.optim.SGD, {"lr": 0.1, "nesterov": "true"})
+    assert (exc.value.key, exc.value.message) == (
+        "optimizer.nesterov", "expected true or false (`SGD`'s nesterov), got 'true' (a string)")

@@ -143,16 +143,8 @@ log: {every: 1, histograms: {every: 5}}
             assert h.sum == pytest.approx(w.sum(), rel=1e-6, abs=1e-9)
 
 
-@dataclasses.dataclass(frozen=True)
-class ProbeSpec(RunSpec):
-    """A RunSpec with a role, until sweep.RunSpec has one."""
-
-    role: str = "ulp"
-
-
 def probe_of(spec: RunSpec) -> RunSpec:
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec)}
-    return ProbeSpec(**{**fields, "run_id": spec.run_id + "-ulp"})
+    return dataclasses.replace(spec, run_id=spec.run_id + "-ulp", role="ulp")
 
 
 def test_the_ulp_probe_starts_one_ulp_up_in_both_engines(write_config, tmp_path):
