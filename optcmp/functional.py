@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from optcmp.channels_last import routed_conv2d, routed_max_pool2d
+
 # Layers with a fused fast path in evaluation (one ATen kernel vmap has no rule for): it is
 # skipped while a TorchFunctionMode is active, so their forward always runs under one.
 _FAST_PATH = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
@@ -135,6 +137,8 @@ def _copy(fn, overrides: dict) -> types.FunctionType:
 _dropouts = {f: _copy(f, {"_VF": _VF()}) for f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)}
 _ROUTED = {
     **_dropouts,
+    F.conv2d: routed_conv2d,
+    F.max_pool2d: routed_max_pool2d,
     F.scaled_dot_product_attention: _attention,
     F.multi_head_attention_forward: _copy(F.multi_head_attention_forward, {
         "dropout": _dropouts[F.dropout], "scaled_dot_product_attention": _attention, "_VF": _VF()}),

@@ -336,3 +336,31 @@ def test_a_model_that_draws_needs_generators():
         stack.forward(digits(4)[0], train=True)
     out, _ = stack.forward(digits(4)[0])  # evaluation draws nothing
     np.testing.assert_allclose(out[0].detach().numpy(), model.eval()(digits(4)[0]).detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Conv2d(2, 6, 3, stride=2, padding=(1, 2), dilation=(1, 2)), nn.ReLU(),
+                          nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.Flatten()),
+    lambda: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2, bias=False, padding_mode="reflect", padding=1),
+                          nn.MaxPool2d((2, 1), dilation=(1, 2)), nn.Conv2d(4, 3, 1), nn.Flatten()),
+    lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), nn.MaxPool2d(2, return_indices=False),
+                          nn.Flatten()),
+], ids=["strided-dilated-ceil", "grouped-reflect-1x1", "padding-same"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_convolutions_and_pooling_equal_nn_module(make, shared):
+    """The channels-last batching rules: any stride, padding, dilation, groups, ceil mode;
+    each member its own batch or one batch for all."""
+    x = torch.randn(2, 5, 2, 7, 9, generator=torch.Generator().manual_seed(2))
+    models, generators = build_members(make, [0, 1])
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in dict(models[0].named_parameters())}
+    stack = FunctionalStack(models[0], params, None, generators, input_dims=4)
+    out, saved = stack.forward(x[0] if shared else x, keep=True, train=True)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    grads = stack.backward(saved, grad_out)
+    for m in range(2):
+        model = models[m]
+        expected = model(x[0] if shared else x[m])
+        (expected * grad_out[m]).sum().backward()
+        torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-6)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(grads[n][m], p.grad, rtol=1e-5, atol=1e-5)
