@@ -194,7 +194,8 @@ class FunctionalStack:
         self._plans: dict[tuple, tuple[list, bool]] = {}  # input shape, dtype, train → (draws, route)
 
     def _vmapped(self, shared: bool):
-        """The vmapped call, built once: (params, buffers, masks, x, routed) → out."""
+        """The vmapped call, built once: (params, buffers, masks, x, draws) → out; `draws`
+        None runs the model as it is, else routed (see `_Routing`)."""
         template = self.template
 
         def member(params, buffers, masks, x, draws):
@@ -288,7 +289,8 @@ def functional_reason(model: nn.Module, sample: torch.Tensor) -> str | None:
 
     `sample`: a few inputs `[B, …]` of the run's data. The test is a trial, since what vmap
     rejects is only found by running it: a training pass forward and backward of two
-    stacked copies on `TRIAL_ROWS` samples, then an evaluation pass, with vmap's slow
+    stacked copies on `TRIAL_ROWS` samples (each member its own batch), then an evaluation
+    pass (one batch for both), with vmap's slow
     per-member fallback turned off so that an op without a batching rule is a reason too.
     It costs a few milliseconds; torch's RNG state and the model's own tensors are left as
     they were (the copies are stacked from the model's weights)."""
@@ -313,14 +315,14 @@ def functional_reason(model: nn.Module, sample: torch.Tensor) -> str | None:
         torch._C._functorch._set_vmap_fallback_enabled(False)
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             stack = FunctionalStack(model, params, buffers, generators, input_dims=x.dim())
-            out, saved = stack.forward(x, keep=True, train=True)
+            out, saved = stack.forward(x.expand(2, *x.shape), keep=True, train=True)  # each member its batch
             if not isinstance(out, torch.Tensor) or out.shape[:2] != (2, x.shape[0]):
                 return f"its forward returns {type(out).__name__}, not one output per sample"
             where = "its backward pass"
             stack.backward(saved, torch.ones_like(out))
             where = "its evaluation pass"
             with torch.no_grad():
-                stack.forward(x, train=False)
+                stack.forward(x, train=False)  # one batch shared by all members
     except Exception as e:  # noqa: BLE001 - whatever vmap or the model raise is the reason
         culprit = inside[-1] if inside else where
         return f"{culprit} does not run under torch.func.vmap: {_first_sentence(e)}"

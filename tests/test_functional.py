@@ -54,6 +54,11 @@ def build_members(make, seeds):
     return models, generators
 
 
+def stacked_parameters(models: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """Each parameter of the members stacked, `[M, *shape]`."""
+    return {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n, _ in models[0].named_parameters()}
+
+
 class StackedRun:
     """The members' weights in one flat [M, P] buffer, FunctionalStack's per-name views into
     it, and a batched optimizer updating it in place: the vectorized engine in miniature."""
@@ -215,7 +220,7 @@ def test_masks_equal_the_sequential_engines(layer, shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     seeds = [3, 4]
     models, generators = build_members(make, seeds)
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in dict(models[0].named_parameters())}
+    params = stacked_parameters(models)
     stack = FunctionalStack(models[0], params, None, generators, input_dims=len(shape))
     for _ in range(2):  # the second pass draws what the sequential run's second step draws
         out, _ = stack.forward(x, train=True)
@@ -255,7 +260,7 @@ def test_attention_forward_and_backward_equal_nn_module(make):
     x = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(1))
     seeds = [0, 1]
     models, generators = build_members(make, seeds)
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in dict(models[0].named_parameters())}
+    params = stacked_parameters(models)
     stack = FunctionalStack(models[0], params, None, generators, input_dims=3)
     out, saved = stack.forward(x, keep=True, train=True)
     grads = stack.backward(saved, torch.ones_like(out))
@@ -276,7 +281,7 @@ def test_attention_forward_and_backward_equal_nn_module(make):
 def test_shared_and_per_member_inputs_give_the_same_result():
     x, _ = digits(8)
     models, generators = build_members(DigitsCNN, [0, 1])
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in dict(models[0].named_parameters())}
+    params = stacked_parameters(models)
     stack = FunctionalStack(models[0], params, None, generators, input_dims=2)
     shared, saved = stack.forward(x, keep=True)
     own, saved_own = stack.forward(x.expand(2, *x.shape), keep=True)
@@ -352,7 +357,7 @@ def test_convolutions_and_pooling_equal_nn_module(make, shared):
     each member its own batch or one batch for all."""
     x = torch.randn(2, 5, 2, 7, 9, generator=torch.Generator().manual_seed(2))
     models, generators = build_members(make, [0, 1])
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in dict(models[0].named_parameters())}
+    params = stacked_parameters(models)
     stack = FunctionalStack(models[0], params, None, generators, input_dims=4)
     out, saved = stack.forward(x[0] if shared else x, keep=True, train=True)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
