@@ -16,7 +16,9 @@ state the sequential engine's Dropout draws from: on the CPU its masks are the s
 run's masks, whatever group the member sits in. To reach the draws, the few torch functions
 that make them (`F.dropout`, `dropout1d/2d/3d`, `scaled_dot_product_attention`,
 `multi_head_attention_forward`) run, under a TorchFunctionMode, as copies of themselves
-whose RNG calls read those masks: their own shape logic is kept line for line.
+whose RNG calls read those masks: their own shape logic is kept line for line. The same
+mode sends conv2d and max_pool2d to channels-last batching rules (`channels_last.py`),
+and keeps attention off fused kernels vmap has no rule for.
 
 `functional_reason(model, sample)` says why a model cannot take this path, naming the layer.
 """
