@@ -142,3 +142,54 @@ class HalvingLR(torch.optim.lr_scheduler.LRScheduler):
 def sequential_model(in_features: int, out_features: int, width: int = 8) -> nn.Module:
     """A user's own model made of layers the vectorized engine stacks."""
     return nn.Sequential(nn.Linear(in_features, width), nn.LayerNorm(width), nn.GELU(), nn.Linear(width, out_features))
+
+
+class DigitsCNN(nn.Module):
+    """A user's CNN for 8×8 images given as 64 features: Conv2d → ReLU → MaxPool2d →
+    [Dropout] → Flatten → Linear (trained stacked by optcmp.functional)."""
+
+    def __init__(self, in_features: int = 64, out_features: int = 10, channels: int = 8, dropout: float = 0.0,
+                 batchnorm: bool = False) -> None:
+        super().__init__()
+        side = int(round(in_features ** 0.5))
+        # no bias before a BatchNorm (as usual): its gradient would be zero but for rounding
+        # noise, which Adam scales up to full-size steps, so runs could not be compared
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, side, side)), nn.Conv2d(1, channels, 3, padding=1, bias=not batchnorm)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(channels))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Flatten(), nn.Linear(channels * (side // 2) ** 2, out_features)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TinyTransformer(nn.Module):
+    """A Transformer-encoder classifier of token sequences: Embedding (+ learned positions)
+    → TransformerEncoderLayer (attention, feed-forward, Dropout) → mean over tokens → Linear."""
+
+    def __init__(self, vocab: int = 12, length: int = 6, out_features: int = 3, width: int = 16, heads: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.1)
+        self.encoder = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens) + self.position).mean(1))
+
+
+class SignGate(nn.Module):
+    """Data-dependent control flow: flips its input when the batch's sum is negative."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+def gated_model(in_features: int, out_features: int) -> nn.Module:
+    """A model vmap cannot take: its `gate` layer branches on a tensor's value."""
+    return nn.Sequential(nn.Linear(in_features, 8), SignGate(), nn.Linear(8, out_features))
