@@ -29,6 +29,7 @@ import torch
 
 from optcmp.config import DataConfig, _did_you_mean
 from optcmp.errors import ConfigError
+from optcmp.limits import check_fits
 from optcmp.imports import check_kwargs, colon_hint, is_import_path, load_object, signature_of
 
 BUILTIN = ("quadratic", "random_classification", "sklearn", "csv")
@@ -250,6 +251,8 @@ def build_data(cfg: DataConfig, seed: int, base_dir: Path | None = None) -> Data
         x, y = quadratic()
         task = "regression"
     elif cfg.kind == "random_classification":
+        # the features, their standardized and split copies, and the labels
+        check_fits("data.samples", f"{cfg.samples:,} samples of {cfg.features:,} features", cfg.samples * (cfg.features + 1), 4)
         x, y = random_classification(cfg.samples, cfg.features, cfg.classes, gen)
         task = "classification"
     elif cfg.kind == "sklearn":

@@ -10,6 +10,7 @@ from torch import nn
 
 from optcmp.config import ModelConfig, _did_you_mean
 from optcmp.errors import ConfigError
+from optcmp.limits import PARAMETER_COPIES, check_fits
 from optcmp.imports import check_kwargs, colon_hint, is_import_path, load_object, signature_of
 
 ACTIVATION_LAYERS = {
@@ -67,6 +68,11 @@ def imported_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.
 
 def build_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Module:
     """Build the configured model for data with `in_features` inputs and `out_features` outputs."""
+    if cfg.kind in BUILTIN:
+        widths = [in_features, *(cfg.hidden if cfg.kind == "mlp" else ()), out_features]
+        n_params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+        check_fits("model.hidden" if cfg.kind == "mlp" else "model", f"the {cfg.kind} model's {n_params:,} parameters",
+                   n_params, PARAMETER_COPIES)
     if cfg.kind == "mlp":
         return mlp(in_features, out_features, cfg.hidden, cfg.norm, cfg.activation)
     if cfg.kind == "linear":
