@@ -358,6 +358,20 @@ def test_unsupported_option(name, options, reason):
     assert unsupported_option(name, options) == reason
 
 
+def test_a_parameter_group_may_not_set_what_torch_reads_from_the_constructor():
+    """torch's Adagrad fills every accumulator from the constructor's
+    initial_accumulator_value: a group's own is ignored by torch, so it is not batched."""
+    w, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    opt = torch_optim.Adagrad([{"params": [w]}, {"params": [b], "initial_accumulator_value": 0.5}],
+                              initial_accumulator_value=0.1)
+    assert [opt.state[p]["sum"].tolist() for p in (w, b)] == [[pytest.approx(0.1)] * 2] * 2
+    assert unsupported_option("adagrad", {"initial_accumulator_value": 0.5}) is None
+    assert unsupported_option("adagrad", {"initial_accumulator_value": 0.5}, group=True) == (
+        "optimizer option `initial_accumulator_value` in a parameter group is not batched (torch's Adagrad fills "
+        "its accumulators from the constructor's value and ignores a parameter group's)")
+    assert unsupported_option("adagrad", {"lr": 0.1, "lr_decay": 0.5}, group=True) is None
+
+
 def test_learning_rates_before_the_first_step_and_after_each():
     """`lrs()` is the first step's rates before any step, then the latest step's, per
     member and segment: from the options, or from `lr_at` across a table block."""

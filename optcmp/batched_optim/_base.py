@@ -10,6 +10,8 @@ options. An entry declares
   `per_member` (batched with any value), `structural` (of those, the ones that change
   which ops run, so must be equal within a segment), `refused` (options that must keep
   their default, with the reason; `DEFAULT_ONLY` holds the ones every family shares),
+  `not_per_group` (options the optimizer reads from its constructor only, so that a
+  parameter group's own value has no effect in torch and must not in the batch),
 - `invalid(options)`: what the constructor would refuse, in its order and with its message,
 - `constants(options, decoupled, like)`: the segment's per-member constants, each an
   `[M, 1]` column rounded as PyTorch rounds a Python float that meets a tensor, and the
@@ -109,7 +111,8 @@ class Family:
     defaults: ClassVar[dict[str, Any]]
     per_member: ClassVar[tuple[str, ...]]
     structural: ClassVar[tuple[str, ...]] = ()
-    refused: ClassVar[dict[str, str]] = {}
+    refused: ClassVar[dict[str, tuple[tuple, str]]] = {}  # option → (the values it may keep, what it is)
+    not_per_group: ClassVar[dict[str, str]] = {}  # options a parameter group may not set itself → why
     scratch: ClassVar[int] = 3  # [M, P] temporaries the update needs
 
     def invalid(self, o: dict[str, Any]) -> str | None:

@@ -16,6 +16,9 @@ class Adagrad(Family):
         s ← s + g·g                          s starts at initial_accumulator_value
         η_t ← η / (1 + (t − 1)·lr_decay)
         θ ← θ + (−η_t·g) / (√s + ε)
+
+    torch starts s from the constructor's initial_accumulator_value in every parameter
+    group, whatever the group says (`not_per_group`).
     """
 
     name = "adagrad"
@@ -23,6 +26,9 @@ class Adagrad(Family):
     classes = ("torch.optim.adagrad.Adagrad",)
     defaults = {"lr": 1e-2, "lr_decay": 0, "weight_decay": 0, "initial_accumulator_value": 0, "eps": 1e-10}
     per_member = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+    # Adagrad.__init__ fills every accumulator from its own argument, not the group's
+    not_per_group = {"initial_accumulator_value": "torch's Adagrad fills its accumulators from the "
+                                                  "constructor's value and ignores a parameter group's"}
 
     def invalid(self, o: dict[str, Any]) -> str | None:
         return torch_checks(o, "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")

@@ -57,13 +57,16 @@ def _is_pair(betas: Any) -> bool:
         all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
 
 
-def unsupported_option(name: Any, options: dict[str, Any]) -> str | None:
-    """Why an optimizer with these resolved options cannot be batched, or None."""
+def unsupported_option(name: Any, options: dict[str, Any], group: bool = False) -> str | None:
+    """Why an optimizer with these resolved options cannot be batched, or None. `group`:
+    the options are a parameter group's own (`optimizer.groups[i]`)."""
     family = family_of(name)
     if family is None:
         return f"optimizer `{name}` has no batched update (supported: {SUPPORTED})"
     entry = CATALOGUE[family]
     for key, value in options.items():
+        if group and key in entry.not_per_group:
+            return f"optimizer option `{key}` in a parameter group is not batched ({entry.not_per_group[key]})"
         if key in entry.per_member:
             if key == "betas" and not _is_pair(value):
                 return f"optimizer option betas={value!r} is not batched (two numbers are)"
