@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from optcmp.batched_model import StackedModel, member_losses, unsupported_layer
-from optcmp.batched_optim import STRUCTURAL, BatchedOptimizer, Segment, family_of, invalid_value, unsupported_option
+from optcmp.batched_optim import (STRUCTURAL, VARYING, BatchedOptimizer, Segment, family_of, invalid_value,
+                                  unsupported_option)
 from optcmp.config import OptimizerConfig, SchedulerConfig
 from optcmp.data import Dataset, batch_size_of, build_data, epoch_batches, shuffle_generator, steps_per_epoch
 from optcmp.errors import ConfigError, OptcmpError
@@ -51,8 +52,7 @@ MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one c
 IO_THREADS = 4  # threads writing run folders at the start and end of a chunk
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
 # Keys of the optimizer section that may differ between the members of a group.
-PER_MEMBER_KEYS = ("name", "lr", "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov",
-                   "decoupled_weight_decay")
+PER_MEMBER_KEYS = ("name", *dict.fromkeys(key for keys in VARYING.values() for key in keys))
 
 
 # --- which runs train together ---------------------------------------------------------
@@ -77,7 +77,7 @@ def why_not(spec: RunSpec, base_dir: Path | None = None) -> str | None:
         return f"optimizer: {e.message}"
     reason = unsupported_option(cfg.optimizer.name, options)
     for i, group in enumerate(cfg.optimizer.groups):
-        reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"})
+        reason = reason or unsupported_option(cfg.optimizer.name, {k: v for k, v in group.items() if k != "params"}, group=True)
     return reason
 
 
