@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from optcmp.batched_model import unsupported_layer
-from optcmp.batched_optim import PER_MEMBER, STRUCTURAL, family_of, invalid_value, unsupported_option
+from optcmp.batched_optim import STRUCTURAL, VARYING, family_of, invalid_value, unsupported_option
 from optcmp.config import ExperimentConfig, OptimizerConfig
 from optcmp.data import Dataset, batch_size_of, build_data
 from optcmp.dry import blame, dry_step, optimizer_sections
@@ -128,8 +128,7 @@ def check_optimizer(model: nn.Module, cfg: OptimizerConfig) -> bool:
     building a torch.optim optimizer. Returns False when only building one can tell
     (an optimizer or option this engine does not batch); raises ConfigError like it."""
     options = resolved_kwargs(cfg)
-    if unsupported_option(cfg.name, options) or not isinstance(options.get("betas", ()), (list, tuple)) \
-            or len(options.get("betas", (0, 0))) != 2:
+    if unsupported_option(cfg.name, options):  # the catalogue also refuses a malformed betas pair
         return False
     param_groups(model, cfg)
     problem = invalid_value(family_of(cfg.name), options)
@@ -152,7 +151,7 @@ def why_not(config: ExperimentConfig, model: nn.Module, options: dict[str, Any])
     name = config.optimizer.name
     reason = unsupported_option(name, options)
     for group in config.optimizer.groups:
-        reason = reason or unsupported_option(name, {k: v for k, v in group.items() if k != "params"})
+        reason = reason or unsupported_option(name, {k: v for k, v in group.items() if k != "params"}, group=True)
     return reason
 
 
@@ -164,7 +163,7 @@ def group_key(config: ExperimentConfig, family: str, options: dict[str, Any], da
     dumped.pop("seeds")
     dumped.pop("scheduler")
     optimizer = dumped.pop("optimizer")
-    per_member = set(PER_MEMBER[family]) - set(STRUCTURAL[family])
+    per_member = set(VARYING[family])
     structural = {k: options.get(k) for k in STRUCTURAL[family]}
     groups = [{k: v for k, v in g.items() if k not in per_member} for g in optimizer.get("groups", [])]
     shape = [data.n_train, data.n_val]

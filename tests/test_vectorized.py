@@ -551,15 +551,15 @@ data: {kind: quadratic}
 train: {steps: 10}
 optimizer: {name: adam}
 sweep:
-  optimizer.name: [adam, adamw, rmsprop]
+  optimizer.name: [adam, adamw, adadelta]
 """
     specs = expand(load_config(write_config(text)).config)
     units = group_specs(specs)
     assert [[s.run_id for s in u] for u in units] == [
-        ["adam-s0", "adam-s1", "adamw-s0", "adamw-s1"], ["rmsprop-s0"], ["rmsprop-s1"]]
+        ["adam-s0", "adam-s1", "adamw-s0", "adamw-s1"], ["adadelta-s0"], ["adadelta-s1"]]
     lines = describe_units(units)
     assert lines[0].startswith("vectorized group of 4: adam-s0, adam-s1, adamw-s0")
-    assert "rmsprop" in lines[1] and "no batched update" in lines[1]
+    assert "adadelta" in lines[1] and "no batched update" in lines[1]
     assert [len(u) for u in group_specs(specs, max_members=3)] == [2, 2, 1, 1]
     assert [len(u) for u in group_specs(specs, parts=2)] == [4, 1, 1]  # too few members to split
 
@@ -600,7 +600,7 @@ sweep: {optimizer.amsgrad: [false, true], optimizer.lr: [0.1, 0.01]}
     ({"scheduler": {"name": "reducelronplateau"}}, "ReduceLROnPlateau watches a metric"),
     ({"scheduler": {"name": "OneCycleLR", "max_lr": 0.1}}, "OneCycleLR cycles the momentum too"),
     ({"optimizer": {"name": "adam", "maximize": True}}, "maximize"),
-    ({"optimizer": {"name": "adagrad"}}, "no batched update"),
+    ({"optimizer": {"name": "adadelta"}}, "no batched update"),
 ])
 def test_why_not(extra, reason):
     data = {**copy.deepcopy(REFERENCE), "optimizer": {"name": "adam"}, **extra}
@@ -648,7 +648,7 @@ def test_check_optimizer_refuses_what_torch_optim_refuses(options):
 def test_check_optimizer_leaves_other_optimizers_to_torch():
     from optcmp.resolve import check_optimizer
 
-    config = ExperimentConfig.model_validate({**copy.deepcopy(REFERENCE), "optimizer": {"name": "rmsprop"}})
+    config = ExperimentConfig.model_validate({**copy.deepcopy(REFERENCE), "optimizer": {"name": "adadelta"}})
     assert check_optimizer(mlp(2, 1, [4], "none", "none"), config.optimizer) is False
     config = ExperimentConfig.model_validate({**copy.deepcopy(REFERENCE), "optimizer": {"name": "adamw", "lr": 0.1}})
     assert check_optimizer(mlp(2, 1, [4], "none", "none"), config.optimizer) is True
@@ -656,7 +656,8 @@ def test_check_optimizer_leaves_other_optimizers_to_torch():
 
 def test_unsupported_option_lists_the_supported_optimizers():
     assert unsupported_option("Adam", {"lr": 0.1, "foreach": None}) is None
-    assert unsupported_option("lion", {}) == "optimizer `lion` has no batched update (supported: adam, adamw, sgd)"
+    assert unsupported_option("lion", {}) == ("optimizer `lion` has no batched update (supported: adagrad, adam, adamax, "
+                                              "adamw, nadam, radam, rmsprop, sgd, pytorch_optimizer:Lion)")
 
 
 # --- the stacked model and losses against autograd ---------------------------------------
@@ -743,7 +744,7 @@ data: {kind: quadratic, val_fraction: 0.2}
 train: {steps: 40}
 optimizer: {name: adam, lr: 0.005}
 sweep:
-  optimizer.name: [adam, adamw, rmsprop]
+  optimizer.name: [adam, adamw, adadelta]
   optimizer.weight_decay: [0.0, 0.1]
 log: {every: 5, histograms: {every: 20}}
 """
@@ -772,12 +773,12 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
     plan = CliRunner().invoke(app, ["plan", str(path)])
     assert plan.exit_code == 0, plan.output
     assert "vectorized group of 8: adam-wd0-s0, adam-wd0-s1, adam-wd0.1-s0, … adamw-wd0.1-s1" in plan.output
-    assert "sequential: rmsprop-wd0-s0 (optimizer `rmsprop` has no batched update" in plan.output
+    assert "sequential: adadelta-wd0-s0 (optimizer `adadelta` has no batched update" in plan.output
     for command in ("plan", "run"):  # --engine vectorized insists
         refused = CliRunner().invoke(app, [command, str(path), "--out", str(tmp_path / "refused"), "--engine", "vectorized"])
         assert refused.exit_code == 2
         assert refused.output.strip().startswith("error: --engine vectorized: 4 of 12 runs cannot be vectorized "
-                                                 "(rmsprop-wd0-s0: optimizer `rmsprop` has no batched update")
+                                                 "(adadelta-wd0-s0: optimizer `adadelta` has no batched update")
         assert refused.output.strip().endswith("and 1 more); --engine auto trains them one by one")
     assert not (tmp_path / "refused").exists()
     for engine in ("auto", "sequential"):
