@@ -76,12 +76,13 @@ def histogram_tensors(named, config: ExperimentConfig, grads: list[torch.Tensor 
     return out
 
 
-def build_run_model(run: ResolvedRun, n_features: int, n_outputs: int) -> nn.Module:
-    """The run's model, on the CPU, as the seeding contract builds it: `torch.manual_seed(seed)`
-    right before `build_model`. The `ulp` probe (role "ulp") then moves every parameter one
-    ulp up (`torch.nextafter(p, +inf)`), the same in both engines."""
+def build_run_model(run: ResolvedRun, data: Dataset) -> nn.Module:
+    """The run's model for `data`, on the CPU, as the seeding contract builds it:
+    `torch.manual_seed(seed)` right before `build_model`. The `ulp` probe (role "ulp") then
+    moves every parameter one ulp up (`torch.nextafter(p, +inf)`, which draws no random
+    numbers), the same in both engines."""
     torch.manual_seed(run.spec.seed)
-    model = build_model(run.config.model, n_features, n_outputs)
+    model = build_model(run.config.model, data.n_features, data.n_outputs, data.sample_shape)
     if getattr(run.spec, "role", "run") == "ulp":
         with torch.no_grad():
             for p in model.parameters():
@@ -110,7 +111,7 @@ class OneRun:
     def __init__(self, run: ResolvedRun, data: Dataset, device: torch.device) -> None:
         config = self.config = run.config
         self.data, self.task, self.loss_fn = data, data.task, LOSSES[run.loss]
-        self.model = model = build_run_model(run, data.n_features, data.n_outputs).to(device)
+        self.model = model = build_run_model(run, data).to(device)
         self.opt = build_optimizer(run, model)
         self.sched = build_scheduler(self.opt, config.scheduler, run.schedule_length)
         self.by_step = config.scheduler is not None and config.scheduler.interval == "step"

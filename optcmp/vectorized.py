@@ -92,7 +92,7 @@ class Stack:
         self.runs, self.device, self.size = runs, device, len(runs)
         datas = [build_data(cfg.data, r.spec.seed, base_dir) for r in runs]
         self.task, self.loss_fn = first.data.task, LOSSES[first.loss]
-        models = [build_run_model(run, datas[0].n_features, datas[0].n_outputs) for run in runs]
+        models = [build_run_model(run, datas[0]) for run in runs]
         template = models[0]
         shapes = dict((n, p.shape) for n, p in template.named_parameters())
         # The flat buffer holds the optimizer groups one after another, so that each group
