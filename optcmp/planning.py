@@ -20,6 +20,7 @@ MAX_MEMBERS = 512  # members per unit at most: beyond this a step is arithmetic-
 MIN_SPLIT = 8  # members per piece at least when --jobs splits a group across processes
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one unit may use
 ALONE = "no other run shares its architecture, data and training config"
+STACKED = {"hand-written": "hand-written stacked MLP", "torch.func": "stacked with torch.func"}
 
 
 def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1, max_members: int = MAX_MEMBERS) -> list[Unit]:
@@ -73,12 +74,13 @@ def memory_budget(device: torch.device) -> int:
 
 def member_bytes(run: ResolvedRun) -> int:
     """A generous estimate of one member's memory in a vectorized group: about ten copies of
-    its parameters (weights, gradients, optimizer state, temporaries) and four of each
-    layer's activations for all its samples, plus its data when it has its own."""
+    its parameters (weights, gradients, optimizer state, temporaries) and four of its
+    activations (`ResolvedRun.activations`) for all its samples, plus its data when it has
+    its own."""
     shape = run.data
     rows = shape.n_train + shape.n_val
-    data = rows * (shape.n_features + 1) if shape.seeded else 0
-    return 4 * (10 * run.n_params + 4 * rows * (run.linear_widths * 2 + shape.n_features) + data)
+    data = rows * (math.prod(shape.sample_shape) + 1) if shape.seeded else 0
+    return 4 * (10 * run.n_params + 4 * rows * run.activations + data)
 
 
 def describe_units(units: list[Unit]) -> list[str]:
@@ -87,7 +89,7 @@ def describe_units(units: list[Unit]) -> list[str]:
     for unit in units:
         if unit.engine == "vectorized":
             ids = ", ".join(s.run_id for s in unit[:3]) + (f", … {unit[-1].run_id}" if len(unit) > 3 else "")
-            lines.append(f"vectorized group of {len(unit)}: {ids}")
+            lines.append(f"vectorized group of {len(unit)}: {ids} ({STACKED[unit.runs[0].stacking]})")
         else:
             lines.append(f"sequential: {unit[0].run_id} ({unit.reason or ALONE})")
     return lines

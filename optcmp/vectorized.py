@@ -23,6 +23,7 @@ import torch
 from optcmp.batched_model import StackedModel, member_losses
 from optcmp.batched_optim import BatchedOptimizer, Segment
 from optcmp.data import Dataset, build_data
+from optcmp.functional import FunctionalStack, member_generator
 from optcmp.loop import Column, execute_members
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
@@ -92,16 +93,24 @@ class Stack:
         self.runs, self.device, self.size = runs, device, len(runs)
         datas = [build_data(cfg.data, r.spec.seed, base_dir) for r in runs]
         self.task, self.loss_fn = first.data.task, LOSSES[first.loss]
-        models = [build_run_model(run, datas[0]) for run in runs]
+        models, generators = [], []
+        for run in runs:
+            models.append(build_run_model(run, datas[0]))
+            # what its Dropout draws from in the sequential engine: the state right after the build
+            generators.append(member_generator(device))
         template = models[0]
         shapes = dict((n, p.shape) for n, p in template.named_parameters())
         # The flat buffer holds the optimizer groups one after another, so that each group
-        # is a column range with its own hyperparameters.
-        self.layout = layout = [name for g in first.param_groups for name in g.names]
+        # is a column range with its own hyperparameters; then the parameters no step gives a
+        # gradient (not reached from the output, or frozen), which torch.optim leaves as they
+        # are (no decay, no momentum): outside every group, the batched update skips them too.
+        groups = [[n for n in g.names if n not in first.unreached] for g in first.param_groups]
+        self.layout = layout = [name for g in groups for name in g]
         offsets, at = {}, 0
-        for name in layout:
+        for name in [*layout, *(n for n in shapes if n not in layout)]:
             offsets[name] = at
             at += shapes[name].numel()
+        trained = sum(shapes[n].numel() for n in layout)
         M = len(runs)
         dtype = next(template.parameters()).dtype  # the default dtype, as in the sequential engine
         self.data = StackedData(datas, device, dtype)
@@ -111,20 +120,27 @@ class Stack:
                 flat[m, offsets[name]:offsets[name] + p.numel()] = p.detach().reshape(-1)
         self.flat = flat.to(device)
         self.names = list(shapes)  # model order, as the sequential engine logs and saves them
-        self.grads = torch.empty_like(self.flat)  # each step's gradients, laid out like the weights
-        views = lambda buf: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}  # noqa: E731
-        self.views = views(self.flat)
-        grad_views = views(self.grads)
-        # BatchNorm's running statistics, each member's own, outside the optimizer's buffer
+        self.grads = self.flat.new_empty(M, trained)  # each step's gradients, laid out like the weights
+        views = lambda buf, names: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n])  # noqa: E731
+                                    for n in names}
+        self.views = views(self.flat, shapes)
+        grad_views = views(self.grads, layout)
+        # BatchNorm's running statistics (and batch counts), each member's own, outside the
+        # optimizer's buffer; the hand-written model keeps no counts
+        handwritten = first.stacking == "hand-written"
         buffers = {name: torch.stack([dict(model.named_buffers())[name] for model in models]).to(device)
-                   for name, b in template.named_buffers() if b.dim() > 0}
-        self.model = StackedModel(template, self.views, buffers)
+                   for name, b in template.named_buffers() if b.dim() > 0 or not handwritten}
+        if handwritten:
+            self.model = StackedModel(template, self.views, buffers)
+        else:
+            self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
+                                         input_dims=datas[0].x_train.dim())
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training
         self._named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
-        self._histogram_tensors = [histogram_tensors(self._named[m], cfg, [grad_views[n][m] for n in self.names])
-                                   for m in range(M)]
-        self.opt, self.scheduled = _optimizer(runs, self.flat, [shapes[n].numel() for n in layout])
+        self._histogram_tensors = [histogram_tensors(self._named[m], cfg, [grad_views[n][m] if n in grad_views else None
+                                                                           for n in self.names]) for m in range(M)]
+        self.opt, self.scheduled = _optimizer(runs, self.flat, [sum(shapes[n].numel() for n in g) for g in groups])
         self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=device)  # [M, groups]
         # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
         # 0/1 matrix sums the squared weights of everything, then of each layer
@@ -185,14 +201,10 @@ class Stack:
         return self._named[m]
 
 
-def _optimizer(runs: list[ResolvedRun], flat: torch.Tensor, widths: list[int]) -> tuple[BatchedOptimizer, bool]:
+def _optimizer(runs: list[ResolvedRun], flat: torch.Tensor, group_widths: list[int]) -> tuple[BatchedOptimizer, bool]:
     """The batched optimizer of the members' flat buffer: one segment per parameter group
-    (in the flat buffer's layout), each member with its own resolved options and decay;
-    and whether any member has a schedule."""
-    group_widths, at = [], 0
-    for g in runs[0].param_groups:
-        group_widths.append(sum(widths[at:at + len(g.names)]))
-        at += len(g.names)
+    (the first columns, `group_widths` wide, one group after another), each member with its
+    own resolved options and decay; and whether any member has a schedule."""
     segments, col = [], 0
     for i, width in enumerate(group_widths):
         per_member = [{**r.options, **r.param_groups[i].options} for r in runs]

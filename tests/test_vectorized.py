@@ -391,10 +391,11 @@ log: {every: 5, histograms: {every: 10}}
     assert [len(u) for u in group_specs(specs)] == [4]
     vec, _ = compare_engines(specs, tmp_path)
     assert {r["engine"] for r in vec} == {"vectorized"}
+    assert {r.stacking for r in resolve_runs(specs)} == {"hand-written"}
+    # a model of the user's own layers stacks through torch.func (tests/test_vectorized_functional.py)
     other = expand(load_config(write_config(text.replace("sequential_model", "make_model"), "other.yaml")).config)
-    assert [len(u) for u in group_specs(other)] == [1, 1, 1, 1]
-    assert why_not(other[0]) == ("model `tests.userlib:make_model`: layer 0 (TwoLayer) has no stacked implementation "
-                                 "(stacked: Linear, LayerNorm, BatchNorm1d, activations)")
+    assert [len(u) for u in group_specs(other)] == [4]
+    assert {r.stacking for r in resolve_runs(other)} == {"torch.func"}
 
 
 def test_schedules_by_epoch(write_config, tmp_path):
