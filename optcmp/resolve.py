@@ -89,6 +89,7 @@ class ResolvedRun:
     unreached: tuple[str, ...]  # parameters a training step gives no gradient: torch.optim leaves them as they are
     why_not: str | None  # why the run cannot join a vectorized group; None: it can
     group_key: str | None = field(default=None)  # runs with equal keys train together
+    block_key: str | None = field(default=None)  # within a group, runs with equal keys share one batched optimizer
 
     @property
     def config(self) -> ExperimentConfig:
@@ -182,19 +183,26 @@ def why_not(config: ExperimentConfig, stacked: Stacking, options: dict[str, Any]
     return reason
 
 
-def group_key(config: ExperimentConfig, family: str, options: dict[str, Any], data: DataShape) -> str:
-    """Runs with equal keys can train together: everything but the seed, the per-member
-    optimizer hyperparameters and the learning-rate schedule is equal, and so is the data's
-    shape (which a data factory may make depend on the seed)."""
+def group_key(config: ExperimentConfig, layout: tuple[ParamGroup, ...], data: DataShape) -> str:
+    """Runs with equal keys can train together as one stacked model: everything but the
+    seed, the optimizer and the learning-rate schedule is equal, and so are the parameter
+    groups' members (the flat buffer's layout) and the data's shape (which a data factory
+    may make depend on the seed). Their optimizers may differ: see `block_key`."""
     dumped = config.model_dump(mode="json")
-    dumped.pop("seeds")
-    dumped.pop("scheduler")
-    optimizer = dumped.pop("optimizer")
+    for key in ("seeds", "scheduler", "optimizer", "optimizers", "variant"):
+        dumped.pop(key, None)
+    shape = [data.n_train, data.n_val]
+    return json.dumps([dumped, [list(g.names) for g in layout], shape], sort_keys=True, default=str)
+
+
+def block_key(config: ExperimentConfig, family: str, options: dict[str, Any]) -> str:
+    """Within a group, runs with equal keys share one batched optimizer: the same family,
+    the same structural options, and parameter groups that differ only in per-member
+    options."""
     per_member = set(VARYING[family])
     structural = {k: options.get(k) for k in STRUCTURAL[family]}
-    groups = [{k: v for k, v in g.items() if k not in per_member} for g in optimizer.get("groups", [])]
-    shape = [data.n_train, data.n_val]
-    return json.dumps([dumped, family, structural, optimizer.get("no_decay"), groups, shape], sort_keys=True, default=str)
+    groups = [{k: v for k, v in g.items() if k not in per_member} for g in config.optimizer.groups]
+    return json.dumps([family, structural, groups], sort_keys=True, default=str)
 
 
 # --- resolution ----------------------------------------------------------------------
@@ -249,9 +257,11 @@ class Resolver:
         common, shape = self._configs[key]
         if _seed_shapes_data(cfg):
             shape = _shape(cfg, build_data(cfg.data, spec.seed, self.base_dir))
-        family = common["family"]
-        gkey = group_key(cfg, family, common["options"], shape) if common["why_not"] is None else None
-        return ResolvedRun(spec=spec, data=shape, group_key=gkey, **common)
+        gkey = bkey = None
+        if common["why_not"] is None:
+            gkey = group_key(cfg, common["param_groups"], shape)
+            bkey = block_key(cfg, common["family"], common["options"])
+        return ResolvedRun(spec=spec, data=shape, group_key=gkey, block_key=bkey, **common)
 
     def _resolve_config(self, spec: RunSpec) -> tuple[dict[str, Any], DataShape]:
         cfg = spec.config

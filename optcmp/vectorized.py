@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from optcmp.batched_model import StackedModel, member_losses
@@ -31,6 +32,8 @@ from optcmp.trainer import build_run_model, histogram_tensors, layer_of
 from optcmp.units import Progress, ShouldStop, Unit
 
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
+EVAL_VALUES = 1 << 22  # values one piece of an evaluation pass may allocate (torch.func stacks, CPU)
+EVAL_MIN_ROWS = 16  # samples per piece at least
 
 
 class StackedData:
@@ -135,12 +138,19 @@ class Stack:
         else:
             self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
                                          input_dims=datas[0].x_train.dim())
+        self.input_dims = datas[0].x_train.dim()
+        # Evaluating a torch.func stack on a whole split at once makes tensors of M × samples
+        # × channels: on the CPU a pass over them in pieces of EVAL_VALUES is measurably faster.
+        self.eval_rows = None
+        if not handwritten and device.type == "cpu":
+            self.eval_rows = max(EVAL_MIN_ROWS, EVAL_VALUES // (M * max(first.activations, 1)))
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training
         self._named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
         self._histogram_tensors = [histogram_tensors(self._named[m], cfg, [grad_views[n][m] if n in grad_views else None
                                                                            for n in self.names]) for m in range(M)]
-        self.opt, self.scheduled = _optimizer(runs, self.flat, [sum(shapes[n].numel() for n in g) for g in groups])
+        self.opt = Optimizers(runs, self.flat, [sum(shapes[n].numel() for n in g) for g in groups])
+        self.scheduled = self.opt.scheduled
         self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=device)  # [M, groups]
         # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
         # 0/1 matrix sums the squared weights of everything, then of each layer
@@ -175,7 +185,11 @@ class Stack:
         """Each member's loss `[M]` (and accuracy) on its own train or validation set."""
         x, y = self.data.full(split)
         with torch.no_grad():
-            out, _ = self.model.forward(x)
+            if self.eval_rows is None or x.shape[-self.input_dims] <= self.eval_rows:
+                out, _ = self.model.forward(x)
+            else:  # a few samples at a time: what the stacked layers hold stays in the cache
+                shared = x.dim() == self.input_dims
+                out = torch.cat([self.model.forward(part)[0] for part in x.split(self.eval_rows, 0 if shared else 1)], 1)
             losses, _ = member_losses(self.loss_fn, out, y, self.task)
         acc = (out.argmax(-1) == y).double().mean(1) if self.task == "classification" else None
         return losses, acc
@@ -201,10 +215,41 @@ class Stack:
         return self._named[m]
 
 
+class Optimizers:
+    """The batched optimizers of a stack: one per block of consecutive members with equal
+    `block_key` (the planner puts them next to each other), each updating its rows of the
+    flat buffer in place."""
+
+    def __init__(self, runs: list[ResolvedRun], flat: torch.Tensor, group_widths: list[int]) -> None:
+        self.blocks: list[tuple[slice, BatchedOptimizer]] = []
+        self.scheduled = False
+        start = 0
+        for end in range(1, len(runs) + 1):
+            if end == len(runs) or runs[end].block_key != runs[start].block_key:
+                rows = slice(start, end)
+                params = flat if end - start == len(runs) else flat[rows]
+                opt, scheduled = _optimizer(runs[rows], params, group_widths)
+                self.blocks.append((rows, opt))
+                self.scheduled |= scheduled
+                start = end
+
+    def step(self, grads: torch.Tensor) -> None:
+        if len(self.blocks) == 1:
+            self.blocks[0][1].step(grads)
+            return
+        for rows, opt in self.blocks:
+            opt.step(grads[rows])
+
+    def lrs(self) -> np.ndarray:
+        """Each member's learning rate of each parameter group at the latest step, `[M, groups]`."""
+        return np.concatenate([opt.lrs() for _, opt in self.blocks])
+
+
 def _optimizer(runs: list[ResolvedRun], flat: torch.Tensor, group_widths: list[int]) -> tuple[BatchedOptimizer, bool]:
-    """The batched optimizer of the members' flat buffer: one segment per parameter group
-    (the first columns, `group_widths` wide, one group after another), each member with its
-    own resolved options and decay; and whether any member has a schedule."""
+    """The batched optimizer of one block's rows of the flat buffer: one segment per
+    parameter group (the first columns, `group_widths` wide, one group after another),
+    each member with its own resolved options and decay; and whether any member has a
+    schedule."""
     segments, col = [], 0
     for i, width in enumerate(group_widths):
         per_member = [{**r.options, **r.param_groups[i].options} for r in runs]
