@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,21 @@ def sklearn_dataset(name: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
         import sklearn.datasets
     except ImportError:
         raise ConfigError("data.kind", "`sklearn` data sets need scikit-learn: pip install 'optcmp[sklearn]'") from None
-    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    data, target = _sklearn_arrays(name)
     task = SKLEARN[name]
-    x = torch.as_tensor(bunch.data, dtype=torch.float32)
-    y = torch.as_tensor(bunch.target, dtype=torch.long if task == "classification" else torch.float32)
+    x = torch.tensor(data, dtype=torch.float32)  # copies: the cached arrays stay as loaded
+    y = torch.tensor(target, dtype=torch.long if task == "classification" else torch.float32)
     return x, y, task
+
+
+@lru_cache(maxsize=None)
+def _sklearn_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled data set's features and targets, read from disk once a process (0.1 s
+    each for the digits: a sweep builds every run's data, in preflight and in training)."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    return bunch.data, bunch.target
 
 
 def infer_task(target) -> str:

@@ -94,7 +94,11 @@ class Stack:
     def __init__(self, runs: list[ResolvedRun], base_dir: Path | None, device: torch.device) -> None:
         first, cfg = runs[0], runs[0].config
         self.runs, self.device, self.size = runs, device, len(runs)
-        datas = [build_data(cfg.data, r.spec.seed, base_dir) for r in runs]
+        by_seed: dict[int, Dataset] = {}  # the members share their data config: one build a seed
+        for r in runs:
+            if r.spec.seed not in by_seed:
+                by_seed[r.spec.seed] = build_data(cfg.data, r.spec.seed, base_dir)
+        datas = [by_seed[r.spec.seed] for r in runs]
         self.task, self.loss_fn = first.data.task, LOSSES[first.loss]
         models, generators = [], []
         for run in runs:
