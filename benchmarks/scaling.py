@@ -11,9 +11,13 @@ the hand-written loop (../shared/baselines/handwritten_sweep.py).
 The hand-written loop trains one member after another, so its time grows linearly: it is
 timed on `--hand-members` members (default 16) and scaled to each size — its training
 loop's own seconds × members / 16, plus its process's start-up — and printed as such.
-Peak memory is the largest resident set of the process (with `--jobs`, of its largest
-worker). Other work on the machine makes every figure noisy: the load average is printed
-before and after; each time is the median of `--repeats` runs.
+Both baselines run with `--baseline-threads` torch threads (default 1, as each optcmp
+process: on a loaded machine torch's default thread pool makes a tiny model's step several
+times slower, which would flatter optcmp; 0: torch's default), and optcmp with `--jobs 1`
+(default; `--jobs 2` spreads the units over two processes): one core each. Peak memory is
+the largest resident set of the process (with `--jobs`, of its largest worker). Other work
+on the machine makes every figure noisy: the load average is printed before and after;
+each time is the median of `--repeats` runs.
 """
 from __future__ import annotations
 
@@ -48,9 +52,17 @@ def median_of(repeats: int, measure) -> Timed:
     return Timed(middle.seconds, max(t.peak_mib for t in runs), middle.stdout)
 
 
-def hand_loop(baselines: Path, members: int, steps: int) -> tuple[float, float, float]:
+def threads_env(threads: int) -> dict[str, str] | None:
+    """The environment that gives a baseline `threads` torch threads (0: torch's default)."""
+    if threads == 0:
+        return None
+    return {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+
+
+def hand_loop(baselines: Path, members: int, steps: int, env: dict[str, str] | None) -> tuple[float, float, float]:
     """(whole-process seconds, training-loop seconds, peak MiB) of the hand-written loop."""
-    t = timed([sys.executable, str(baselines / "handwritten_sweep.py"), "--members", str(members), "--steps", str(steps)])
+    t = timed([sys.executable, str(baselines / "handwritten_sweep.py"), "--members", str(members), "--steps", str(steps)],
+              env=env)
     return t.seconds, float(re.search(r"train_seconds ([\d.]+)", t.stdout).group(1)), t.peak_mib
 
 
@@ -65,18 +77,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--members", type=int, nargs="+", default=[8, 64, 256, 1024])
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="optcmp's --jobs (default: the cores)")
+    ap.add_argument("--jobs", type=int, default=1, help="optcmp's --jobs (default 1: one core, as the baselines)")
     ap.add_argument("--hand-members", type=int, default=16, help="members the hand-written loop is timed on")
     ap.add_argument("--repeats", type=int, default=1, help="runs of optcmp and of the ensemble to take the median of")
+    ap.add_argument("--baseline-threads", type=int, default=1,
+                    help="torch threads of the hand-written loop and the torch.func ensemble (0: torch's default)")
     ap.add_argument("--baselines", help="the folder of handwritten_sweep.py (default: ../shared/baselines)")
     ap.add_argument("--quick", action="store_true", help="8 and 32 members × 100 steps")
     args = ap.parse_args()
     if args.quick:
         args.members, args.steps, args.hand_members = [8, 32], 100, 4
     baselines = baselines_dir(args.baselines)
-    print(f"reference sweep, {args.steps} steps; optcmp run --engine vectorized --jobs {args.jobs}; {load()}")
+    env = threads_env(args.baseline_threads)
+    threads = "torch's default threads" if env is None else f"{args.baseline_threads} torch thread(s)"
+    print(f"reference sweep, {args.steps} steps; optcmp run --engine vectorized --jobs {args.jobs} (1 thread each); "
+          f"baselines with {threads}; {load()}")
 
-    hand_whole, hand_train, hand_peak = hand_loop(baselines, args.hand_members, args.steps)
+    hand_whole, hand_train, hand_peak = hand_loop(baselines, args.hand_members, args.steps, env)
     start_up = hand_whole - hand_train
     print(f"hand-written loop ({baselines / 'handwritten_sweep.py'}), {args.hand_members} members: {hand_whole:.2f} s "
           f"(its loop {hand_train:.2f} s, {hand_train / args.hand_members * 1000:.0f} ms a member); scaled below "
@@ -93,7 +110,7 @@ def main() -> None:
                 sys.exit(f"optcmp did not train {members} runs ok:\n{ours.stdout}")
             ensemble = median_of(args.repeats, lambda: timed(
                 [sys.executable, str(ROOT / "benchmarks" / "torchfunc_ensemble.py"), "--members", str(members),
-                 "--steps", str(args.steps)]))
+                 "--steps", str(args.steps)], env=env))
             hand = hand_train * members / args.hand_members + start_up
             rows.append((members, ours, ensemble, hand))
             vs_func, vs_hand = ensemble.seconds / ours.seconds, hand / ours.seconds
