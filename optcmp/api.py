@@ -134,7 +134,7 @@ def load(directory: str | os.PathLike) -> Experiment:
     return Experiment(directory)
 
 
-def summarize(exp_dir: Path, primary: str | None = None, write: bool = True):
+def summarize(exp_dir: Path, primary: str | None = None, write: bool = True, asked_by: str = "primary"):
     """The summary rebuilt from the run folders (what `optcmp summary` does): with `write`,
     runs.csv and summary.csv/.md/.json are rewritten, ranked by `primary` or else as the
     files were; without, nothing is written."""
@@ -151,10 +151,12 @@ def summarize(exp_dir: Path, primary: str | None = None, write: bool = True):
     order = {r["run_id"]: i for i, r in enumerate(plan_ids)} if isinstance(plan_ids, list) else {}
     results.sort(key=lambda r: order.get(r["run_id"], len(order)))
     if not write:
-        return aggregate(RunTable.of([flatten(r) for r in results]), primary)
+        return aggregate(RunTable.of([flatten(r) for r in results]), primary, asked_by)
     write_runs_csv(exp_dir, results)
     written = _read_json(exp_dir / "summary.json", {})
-    return write_summary(exp_dir, primary or (written.get("primary") if isinstance(written, dict) else None))
+    if primary is not None:
+        return write_summary(exp_dir, primary, asked_by)
+    return write_summary(exp_dir, written.get("primary") if isinstance(written, dict) else None)
 
 
 def _read_json(path: Path, default: Any) -> Any:

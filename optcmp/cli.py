@@ -331,7 +331,7 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
     _imports_done()
     dry = primary is not None and not write
-    table = summarize(exp_dir, primary, write=not dry)
+    table = summarize(exp_dir, primary, write=not dry, asked_by="--metric")
     note = " (files unchanged; --write saves this ranking)" if dry else ""
     _print_summary(table, title(exp_dir.name, table) + note, wide)
 

@@ -256,9 +256,10 @@ def _blank(value: Any) -> bool:
     return missing(value) or (isinstance(value, float) and math.isinf(value))
 
 
-def aggregate(runs: Any, primary: str | None = None) -> Summary:
+def aggregate(runs: Any, primary: str | None = None, asked_by: str = "summary.primary") -> Summary:
     """One row per config over its seeds, best first by `primary`. `runs`: a RunTable, a
-    DataFrame of runs.csv, or a list of its rows."""
+    DataFrame of runs.csv, or a list of its rows. `asked_by`: where `primary` came from, for
+    the message when it is unknown (the config key, or the command's option)."""
     runs = RunTable.of(runs)
     rows_in = aggregated(runs)
     if not rows_in:
@@ -268,7 +269,7 @@ def aggregate(runs: Any, primary: str | None = None) -> Summary:
     primary = primary or default_primary(runs)
     if primary not in runs.columns and primary not in METRICS:  # a known metric no run reported (all failed): unranked
         allowed = ", ".join(metrics)
-        raise OptcmpError(f"summary.primary: unknown metric `{primary}`; allowed: {allowed}")
+        raise OptcmpError(f"{asked_by}: unknown metric `{primary}`; allowed: {allowed}")
     groups: dict[Any, list[dict[str, Any]]] = {}
     for run in rows_in:
         groups.setdefault(run["config_id"], []).append(run)
@@ -331,10 +332,10 @@ def _rank(rows: list[dict[str, Any]], primary: str, columns: list[str]) -> tuple
     return primary, notes
 
 
-def write_summary(exp_dir: Path, primary: str | None = None) -> Summary:
+def write_summary(exp_dir: Path, primary: str | None = None, asked_by: str = "summary.primary") -> Summary:
     """Aggregate runs.csv into summary.csv, summary.md and summary.json (atomically)."""
     exp_dir = Path(exp_dir)
-    table = aggregate(read_run_table(exp_dir), primary)
+    table = aggregate(read_run_table(exp_dir), primary, asked_by)
     atomic_write_text(exp_dir / "summary.csv", table.to_csv())
     atomic_write_text(exp_dir / "summary.md", markdown(table))
     document = {"primary": table.primary, "ranked_by": table.ranked_by, "notes": table.notes,
