@@ -333,3 +333,33 @@ def test_scalar_summary_bytes_equal_protobuf():
     assert scalar_summaries(tags, rows) == [
         Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row)]).SerializeToString()
         for row in rows]
+
+
+class _Block(nn.Module):
+    """A module of the user's own, with a parameter of its own and nested layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.body = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+
+
+def test_parameter_tags_name_module_path_and_type():
+    from optcmp.tb.tags import ParameterTags, parameter_labels
+
+    model = nn.Sequential(nn.Linear(2, 3), _Block(), nn.Linear(3, 1, bias=False))
+    assert parameter_labels(model) == {
+        "0.weight": "0.Linear.weight", "0.bias": "0.Linear.bias",
+        "1.scale": "1._Block.scale",
+        "1.body.0.weight": "1.body.0.Linear.weight", "1.body.0.bias": "1.body.0.Linear.bias",
+        "1.body.1.weight": "1.body.1.LayerNorm.weight", "1.body.1.bias": "1.body.1.LayerNorm.bias",
+        "2.weight": "2.Linear.weight",
+    }
+    assert parameter_labels(nn.Linear(2, 1)) == {"weight": "Linear.weight", "bias": "Linear.bias"}  # the model itself
+    names = [n for n, _ in model.named_parameters()]
+    tags = ParameterTags(model, names)
+    assert tags.weights[:2] == ["weights/0.Linear.weight", "weights/0.Linear.bias"]
+    assert tags.grads[-1] == "grads/2.Linear.weight"
+    assert tags.norm_tags == ("weight_norm", "weight_norm/0.Linear", "weight_norm/1._Block", "weight_norm/1.body.0.Linear",
+                              "weight_norm/1.body.1.LayerNorm", "weight_norm/2.Linear")
+    assert tags.layers == [0, 0, 1, 2, 2, 3, 3, 4]
