@@ -6,18 +6,21 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import statistics
 import sys
 
+import pandas as pd
 import pytest
 from rich.console import Console
 from rich.file_proxy import FileProxy
 
-from optcmp.board import Board
+from optcmp.board import DONE, Board
 from optcmp.config import load_config
+from optcmp.executors import ProcessExecutor, start_method
 from optcmp.progress import SweepProgress, clock_text, loss_text, unit_label
 from optcmp.resolve import resolve_runs
 from optcmp.sweep import expand
-from optcmp.units import Unit
+from optcmp.units import Events, Unit
 
 GROUP = """\
 name: group
@@ -162,6 +165,43 @@ def test_every_run_kept_from_an_earlier_attempt(write_config):
     display.tick()
     (line,) = shown(display)
     assert line.startswith("all runs  ━") and line.split()[-2:] == ["3/3", "0:00:00"]
+
+
+SMALL = """\
+name: small
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [4], norm: none, activation: relu}
+data: {kind: quadratic}
+train: {steps: 20}
+optimizer: {name: adam, lr: 0.01}
+sweep:
+  optimizer.lr: [0.01, 0.02]
+log: {every: 5, histograms: {every: 0}}
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # forked workers; spawned ones (more than one thread each)
+def test_worker_processes_write_their_units_progress(write_config, tmp_path, threads):
+    runs = resolved(write_config, SMALL)
+    units = [Unit(tuple(runs[:2]), "vectorized"), Unit((runs[2],), "sequential"), Unit((runs[3],), "sequential")]
+    assert start_method(units, threads) == ("fork" if threads == 1 else "spawn")
+    handed = []
+    executor = ProcessExecutor(tmp_path, None, threads, 2, Events(board=lambda board, listed: handed.append((board, listed))))
+    try:
+        finished = {u[0].run_id: results for u, results in executor.results(units)}
+    finally:
+        executor.close()
+    assert all(r["status"] == "ok" for results in finished.values() for r in results)
+    (board, listed), = handed
+    assert listed == units
+    rows = board.rows()
+    assert [(row.state, row.step, row.total, row.members) for row in rows] == [(DONE, 20, 20, 2), (DONE, 20, 20, 1),
+                                                                             (DONE, 20, 20, 1)]
+    assert os.getpid() not in {row.pid for row in rows} and len({row.pid for row in rows}) <= 2
+    for row, unit in zip(rows, units):  # the train/loss of the last log point, as metrics.csv has it
+        last = [pd.read_csv(tmp_path / spec.run_id / "metrics.csv")["train/loss"].iloc[-1] for spec in unit]
+        assert row.median == pytest.approx(statistics.median(last), rel=1e-12) and row.best == pytest.approx(min(last), rel=1e-12)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
