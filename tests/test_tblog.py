@@ -384,6 +384,8 @@ def test_parameter_tags_name_module_path_and_type():
         "2.weight": "2.Linear.weight",
     }
     assert parameter_labels(nn.Linear(2, 1)) == {"weight": "Linear.weight", "bias": "Linear.bias"}  # the model itself
+    bare = ParameterTags(nn.Linear(2, 1), ["weight", "bias"])  # the model's own parameters: a layer each
+    assert (bare.norm_tags, bare.layers) == (("weight_norm", "weight_norm/Linear.weight", "weight_norm/Linear.bias"), [0, 1])
     names = [n for n, _ in model.named_parameters()]
     tags = ParameterTags(model, names)
     assert tags.weights[:2] == ["weights/0.Linear.weight", "weights/0.Linear.bias"]

@@ -6,7 +6,8 @@ a parameter of the model itself has no path: `Linear.weight` for a bare `nn.Line
 label is unique (module names hold no dots) and says what a number in the Histograms tab
 belongs to: a LayerNorm's weight and a Linear layer's weight no longer look alike.
 A *layer* is a label without the parameter's name (`0.Linear`): the unit of
-`weight_norm/<layer>`.
+`weight_norm/<layer>`; a parameter of the model itself is a layer of its own
+(`weight_norm/Linear.weight`, `weight_norm/Linear.bias`), as it was before labels had types.
 
 Histograms are `weights/<label>` and `grads/<label>`. Both engines take the tags from
 their model (the vectorized engine from its template), so they log the same tags.
@@ -27,9 +28,10 @@ def parameter_labels(model: nn.Module) -> dict[str, str]:
     return labels
 
 
-def layer_of(label: str) -> str:
-    """The layer of a parameter's label: `0.Linear.weight` → `0.Linear`."""
-    return label.rpartition(".")[0]
+def layer_of(name: str, label: str) -> str:
+    """The layer of parameter `name` with `label`: `0.weight`, `0.Linear.weight` → `0.Linear`;
+    a parameter of the model itself (`weight`, `Linear.weight`) is its own: `Linear.weight`."""
+    return label.rpartition(".")[0] if "." in name else label
 
 
 class ParameterTags:
@@ -42,6 +44,7 @@ class ParameterTags:
         self.labels = [labels[n] for n in names]
         self.weights = [f"weights/{label}" for label in self.labels]
         self.grads = [f"grads/{label}" for label in self.labels]
-        layer_names = list(dict.fromkeys(layer_of(label) for label in self.labels))
-        self.layers = [layer_names.index(layer_of(label)) for label in self.labels]
+        layer_of_each = [layer_of(n, label) for n, label in zip(names, self.labels)]
+        layer_names = list(dict.fromkeys(layer_of_each))
+        self.layers = [layer_names.index(layer) for layer in layer_of_each]
         self.norm_tags = ("weight_norm", *(f"weight_norm/{layer}" for layer in layer_names))
