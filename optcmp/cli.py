@@ -188,6 +188,7 @@ def run(
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
     from optcmp.api import prepare
+    from optcmp.progress import run_with_progress
     from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
@@ -197,7 +198,7 @@ def run(
             loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
+            outcome = run_with_progress(err_console, loaded, specs, runs, exp_dir, execution, fresh)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
@@ -231,44 +232,6 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from optcmp.runner import Events, run_sweep
-
-    in_process = execution.executor == "local" and execution.jobs == 1
-    where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
-    # Workers may be forked from this process: no display thread may hold a lock then.
-    progress = Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
-    )
-    with progress:
-        runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
-        step_task = progress.add_task("", total=1, info="", visible=in_process)
-
-        def plan(todo, kept):
-            progress.update(runs_task, completed=len(kept))
-            if kept:
-                progress.console.print(
-                    f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
-                    f"{len(todo)} to run (--fresh starts over)", soft_wrap=True)
-
-        def unit_start(unit):
-            more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
-            progress.update(step_task, description=unit[0].run_id + more, completed=0, info="")
-
-        def step(unit, s, total, loss):
-            progress.update(step_task, completed=s, total=total, info=f"loss {loss:.4g}")
-
-        def run_end(result):
-            progress.advance(runs_task)
-            if not in_process:
-                progress.refresh()
-
-        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh, runs)
 
 
 def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:

@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from optcmp.board import Board
 from optcmp.errors import OptcmpError
 from optcmp.results import Status, atomic_write_bytes
 from optcmp.engines import run_unit
@@ -40,7 +41,7 @@ def make_executor(execution: Execution, exp_dir: Path, base_dir: Path | None, ev
     if execution.executor == "ray":
         return RayExecutor(exp_dir, base_dir, execution.threads, execution.address, execution.gpus_per_run)
     if execution.jobs > 1:
-        return ProcessExecutor(exp_dir, base_dir, execution.threads, execution.jobs)
+        return ProcessExecutor(exp_dir, base_dir, execution.threads, execution.jobs, events)
     return InProcessExecutor(exp_dir, base_dir, execution.threads, events)
 
 
@@ -85,11 +86,13 @@ class InProcessExecutor:
 
 # --- local processes -------------------------------------------------------------------
 
-_worker = {"busy": False, "stopping": False}
+_worker = {"busy": False, "stopping": False, "board": None}
 
 
-def _init_worker(threads: int) -> None:
-    """Runs first in each worker process: threads before torch loads, signals, parent watch."""
+def _init_worker(threads: int, board: Board | None = None) -> None:
+    """Runs first in each worker process: threads before torch loads, signals, parent watch,
+    the progress board."""
+    _worker["board"] = board
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
@@ -122,13 +125,20 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="optcmp-parent-watch").start()
 
 
-def _work(unit: Unit, exp_dir: Path, base_dir: Path | None) -> list[dict[str, Any]] | None:
-    """A worker's job: run one unit; None when a stop came before it began."""
+def _work(unit: Unit, exp_dir: Path, base_dir: Path | None, index: int | None = None) -> list[dict[str, Any]] | None:
+    """A worker's job: run one unit (the board's unit `index`); None when a stop came before it began."""
     _worker["busy"] = True
+    board = _worker["board"] if index is not None else None
     try:
         if _worker["stopping"]:
             return None
-        return run_unit(unit, exp_dir, base_dir)
+        if board is None:
+            return run_unit(unit, exp_dir, base_dir)
+        board.start(index, len(unit))
+        try:
+            return run_unit(unit, exp_dir, base_dir, board.reporter(index))
+        finally:
+            board.finish(index)
     except KeyboardInterrupt:  # stopped outside the trainer, which would have said so itself
         return [stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user") for run in unit.runs]
     except OptcmpError as e:
@@ -166,21 +176,27 @@ def start_method(units: list[Unit], threads: int) -> str:
 
 class ProcessExecutor:
     """`--jobs N`: N worker processes (see `start_method`), each with `threads` torch
-    threads. Workers write their run folders themselves."""
+    threads. Workers write their run folders themselves, and their units' progress to a
+    `board.Board` that `events.board` hands to the display."""
 
-    def __init__(self, exp_dir: Path, base_dir: Path | None, threads: int, jobs: int) -> None:
+    def __init__(self, exp_dir: Path, base_dir: Path | None, threads: int, jobs: int, events: Events | None = None) -> None:
         self.exp_dir, self.base_dir, self.threads, self.jobs = exp_dir, base_dir, threads, jobs
+        self.events = events or Events()
         self._pool: ProcessPoolExecutor | None = None
         self._futures: dict[Any, Unit] = {}
 
     def results(self, units: list[Unit]) -> Iterator[Outcome]:
         import multiprocessing
 
+        context = multiprocessing.get_context(start_method(units, self.threads))
+        board = Board(len(units), context)  # the workers' progress, for the display
+        self.events.board(board, list(units))
         self._pool = ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(units)), mp_context=multiprocessing.get_context(start_method(units, self.threads)),
-            initializer=_init_worker, initargs=(self.threads,),
+            max_workers=min(self.jobs, len(units)), mp_context=context,
+            initializer=_init_worker, initargs=(self.threads, board),
         )
-        self._futures = {self._pool.submit(_work, unit, self.exp_dir, self.base_dir): unit for unit in units}
+        self._futures = {self._pool.submit(_work, unit, self.exp_dir, self.base_dir, i): unit
+                         for i, unit in enumerate(units)}
         for future in as_completed(list(self._futures)):
             unit = self._futures.pop(future)
             try:

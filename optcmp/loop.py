@@ -18,7 +18,6 @@ of a log point's tensor columns reach the host in one transfer).
 from __future__ import annotations
 
 import math
-import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -269,7 +268,7 @@ class Loop:
             self.folders[m].log(x, tags, row)
             rows[m] = row
         if self.progress is not None:
-            self.progress(progress_step, self.total, statistics.median(rows[m][0] for m in open_members))
+            self.progress(progress_step, self.total, [rows[m][tags.index("train/loss")] for m in open_members])
         if self.should_stop is not None:
             for m in open_members:
                 if self.should_stop(m, x, dict(zip(tags, rows[m]))):

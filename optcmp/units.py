@@ -8,7 +8,7 @@ time (a worker process sets its thread count before torch loads).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +17,14 @@ from optcmp.errors import OptcmpError
 from optcmp.results import Status, write_result
 
 if TYPE_CHECKING:
+    from optcmp.board import Board
     from optcmp.resolve import ResolvedRun
     from optcmp.sweep import RunSpec
 
 ENGINES = ("auto", "sequential", "vectorized")
 EXECUTORS = ("local", "ray")
-Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
+# At each log point: (steps done, total steps, the train/loss of each member still training).
+Progress = Callable[[int, int, Sequence[float]], None]
 # At each evaluation point, for each member still training: (member index in its unit,
 # step, the scalars just logged by tag) → True stops that member, recorded `pruned`.
 ShouldStop = Callable[[int, int, dict[str, float]], bool]
@@ -54,12 +56,19 @@ class Unit:
 
 @dataclass
 class Events:
-    """Callbacks the CLI uses for its messages and progress display; all optional."""
+    """Callbacks the CLI uses for its messages and progress display; all optional.
+
+    The in-process executor calls `unit_start` and `step` (with `Progress`'s arguments) on
+    the training thread. Worker processes (`--jobs`) write their units' progress to a
+    `board.Board` instead, which the process executor hands over once, with the units in
+    the board's order, before they start (`board`); the display reads it. Ray tasks report
+    nothing before their results (`run_end`)."""
 
     plan: Callable[[list[RunSpec], list[dict[str, Any]]], None] = lambda todo, kept: None
-    unit_start: Callable[[Unit], None] = lambda unit: None  # in-process executor only
-    step: Callable[[Unit, int, int, float], None] = lambda unit, step, total, loss: None  # in-process only
+    unit_start: Callable[[Unit], None] = lambda unit: None
+    step: Callable[[Unit, int, int, Sequence[float]], None] = lambda unit, step, total, losses: None
     run_end: Callable[[dict[str, Any]], None] = lambda result: None
+    board: Callable[[Board, list[Unit]], None] = lambda board, units: None
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,17 @@ def test_tensorboard_tags(finished):
     acc = EventAccumulator(str(finished[0] / "adam-wd0.1-s0"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/loss", "lr/group0", "grad_norm", "weight_norm", "weight_norm/0", "weight_norm/3", "weight_norm/4", "update_ratio"} <= scalars
+    # Linear(1, 8), LayerNorm(8), Linear(8, 8), LayerNorm(8), Linear(8, 1): each layer by
+    # its place and type, so a LayerNorm's numbers never look like a Linear layer's
+    layers = ["0.Linear", "1.LayerNorm", "2.Linear", "3.LayerNorm", "4.Linear"]
+    finals = ["train_loss", "train_loss_tail", "best_train_loss", "weight_norm", "near_zero_frac", "steps",
+              "steps_per_second"]  # for HParams; no validation split, a regression: no val_*, no accuracy
+    assert scalars == {"train/loss", "lr/group0", "grad_norm", "weight_norm", *(f"weight_norm/{x}" for x in layers),
+                       "update_ratio", *(f"~final/{m}" for m in finals)}
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 4, 8, 11]
-    histos = set(acc.Tags()["histograms"])
-    names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "4.weight", "4.bias"]
-    assert {f"weights/{n}" for n in names} <= histos and {f"grads/{n}" for n in names} <= histos
-    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10, 11]  # and the final weights
+    names = [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
+    assert set(acc.Tags()["histograms"]) == {f"weights/{n}" for n in names} | {f"grads/{n}" for n in names}
+    assert [e.step for e in acc.Histograms("weights/0.Linear.weight")] == [0, 5, 10, 11]  # and the final weights
 
 
 def test_summary_rerenders_from_disk(finished):

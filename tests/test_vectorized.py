@@ -264,7 +264,7 @@ def test_minibatch_members_have_their_own_data_and_order(write_config, tmp_path)
     assert len(losses) == 6
     logged = pd.read_csv(tmp_path / "vec" / specs[0].run_id / "metrics.csv")
     assert logged["epoch"].tolist() == [1, 2, 3]
-    assert {"val/loss", "val/accuracy", "lr/group0", "weight_norm", "weight_norm/0"} <= set(logged.columns)
+    assert {"val/loss", "val/accuracy", "lr/group0", "weight_norm", "weight_norm/0.Linear"} <= set(logged.columns)
 
 
 def test_schedules_by_step_with_warmup_and_two_groups(write_config, tmp_path):
@@ -799,5 +799,5 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
         ta, tb = tensorboard_contents(vec / run_id), tensorboard_contents(seq / run_id)
         assert ta == tb
         # every 20 steps after the step's update, and the last step's: the final weights
-        assert "weights/0.weight" in ta["histograms"] and ta["histograms"]["grads/8.bias"] == [0, 20, 39]
-        assert {"train/loss", "val/loss", "grad_norm", "update_ratio", "weight_norm/4"} <= set(ta["scalars"])
+        assert "weights/0.Linear.weight" in ta["histograms"] and ta["histograms"]["grads/8.Linear.bias"] == [0, 20, 39]
+        assert {"train/loss", "val/loss", "grad_norm", "update_ratio", "weight_norm/4.Linear"} <= set(ta["scalars"])
