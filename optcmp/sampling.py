@@ -104,9 +104,12 @@ def sampler_factory(kind: str, seed: int, space: Space) -> Callable[[int, int], 
     if kind == "tpe":
         return lambda k, i: optuna.samplers.TPESampler(seed=draw_seed(seed, k, i), n_startup_trials=TPE_STARTUP)
     if kind == "qmc":
-        return lambda k, i: optuna.samplers.QMCSampler(
-            qmc_type="sobol", scramble=True, seed=seed, independent_sampler=optuna.samplers.RandomSampler(draw_seed(seed, k, i)),
-            warn_independent_sampling=False)
+        def qmc(k: int, i: int) -> optuna.samplers.BaseSampler:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # since Optuna 3.0
+                return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False,
+                                                  independent_sampler=optuna.samplers.RandomSampler(draw_seed(seed, k, i)))
+        return qmc
     raise ValueError(f"unknown sampler {kind}")
 
 
@@ -172,10 +175,11 @@ class ArmStudy:
     """The Optuna study of one arm: its trials, asked and told as the module docstring says."""
 
     def __init__(self, storage, name: str, space: Space, sampler: str, seed: int, direction: str,
-                 pruner: optuna.pruners.BasePruner, protocol: dict[str, Any], where: str) -> None:
+                 pruner: optuna.pruners.BasePruner | None, protocol: dict[str, Any], where: str) -> None:
         self.space, self.name = space, name
         self.factory = sampler_factory(sampler, seed, space)
-        self.study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
+        self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                         pruner=pruner or optuna.pruners.NopPruner(),
                                          sampler=self.factory(0, 0), load_if_exists=True)
         stored = self.study.user_attrs.get("optcmp_fingerprint")
         mark = fingerprint(protocol)
