@@ -15,8 +15,9 @@ liar), so one batch does not crowd one spot.
 
 Asking writes to the storage one step at a time (the trial, then each value): a trial a
 killed process asked but did not finish asking is completed on resume (the values it stored
-are kept, the rest drawn as they would have been), and a trial asked but not told is trained
-again with its stored values, never sampled anew.
+are kept, the rest drawn as they would have been; under QMC, the rest come from the next
+point of the sequence), and a trial asked but not told is trained again with its stored
+values, never sampled anew.
 """
 from __future__ import annotations
 
@@ -201,6 +202,10 @@ class ArmStudy:
             trial = self.study.ask()
         else:
             trial = optuna.Trial(self.study, frozen._trial_id)  # Optuna's way to reopen a running trial
+        # Values drawn jointly (TPE's model, QMC's point) come first, by the trial's first sampler,
+        # whether its first value is drawn now or was stored before a kill
+        self.study.sampler = self.factory(trial.number, 0)
+        trial.relative_params  # noqa: B018 - drawn (and cached on the trial) here
         for i, key in enumerate(self.space.dists):
             self.study.sampler = self.factory(trial.number, i)
             self.space.suggest(trial, key)
