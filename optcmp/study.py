@@ -189,17 +189,17 @@ def _check_halving(loaded: LoadedConfig, metric: str, execution: Execution | Non
 
 
 def _check_ids(loaded: LoadedConfig, protocol: Protocol) -> None:
-    """Refuse names whose run ids would collide (a variant called `adam-t3` and adam's trial 3)."""
-    seen: dict[str, str] = {}
-    tune = loaded.config.tune
+    """Refuse arms whose run ids would collide: workload a-b with variant c and workload a with
+    variant b-c. Nothing else can collide: a trial's id ends in -t<k>-s<tuning seed>, a final
+    run's in -s<final seed>, and the two kinds of seed are disjoint."""
+    labels: dict[str, Arm] = {}
     for arm in protocol.arms:
-        ids = [f"{arm.label}-t{k}-s{s}" for k in range(protocol.budget) for s in tune.seeds]
-        for run_id in ids + [f"{arm.label}-s{s}" for s in tune.final_seeds]:
-            if run_id in seen and seen[run_id] != arm.label:
-                key = f"optimizers.{arm.variant}" if arm.variant is not None else f"workloads.{arm.workload}"
-                raise loaded.source.error(key, f"run id {run_id} belongs to both {seen[run_id]} and {arm.label}; "
-                                          "give one of them another name")
-            seen[run_id] = arm.label
+        if arm.label in labels:
+            other = labels[arm.label]
+            raise loaded.source.error(f"workloads.{arm.workload}", f"workload {arm.workload} with variant {arm.variant} "
+                                      f"and workload {other.workload} with variant {other.variant} are both named "
+                                      f"{arm.label} in run ids; give one of them another name")
+        labels[arm.label] = arm
 
 
 # --- the driver ------------------------------------------------------------------------

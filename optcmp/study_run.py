@@ -64,15 +64,17 @@ class Study:
     def run(self, fresh: bool = False) -> StudyOutcome:
         start = time.perf_counter()
         tune = self.p.tune
+        default = self.url == default_storage(self.exp_dir)
+        storage = None if default else open_storage(self.url)  # a bad URL stops here, before anything is written
         with experiment_lock(self.exp_dir):
             if fresh:
                 clear_experiment(self.exp_dir)
                 for name in STUDY_FILES:
                     (self.exp_dir / name).unlink(missing_ok=True)
-            storage = open_storage(self.url)
+            storage = storage or open_storage(self.url)
             if fresh:
                 delete_studies(storage, [self.study_name(a) for a in self.p.arms])
-            where = self.url if self.url != default_storage(self.exp_dir) else str(self.exp_dir / "study.db")
+            where = str(self.exp_dir / "study.db") if default else self.url
             self.studies = {
                 a.label: ArmStudy(storage, self.study_name(a), Space(a.space), tune.sampler, tune.seed,
                                   "maximize" if self.p.maximize else "minimize",
