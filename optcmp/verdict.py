@@ -224,11 +224,13 @@ def verdict_lines(v: dict[str, Any]) -> list[str]:
         lines += [f"## {w}", ""] + _table(section, v["metric"]) + [""] + _pairs(section["comparisons"]) + [""]
     p = v["profiles"]
     lines += ["## Across workloads (performance profiles)", "",
-              "| rank | variant | mean rank | wins (ρ(1)) | " + " | ".join(f"ρ({fmt_number(t)})" for t in p["taus"][:6]) + " |",
-              "|---|---|---|---|" + "---|" * min(6, len(p["taus"]))]
+              "ρ(τ): the share of workloads on which the variant's final score is within a factor τ of the best "
+              "variant's; ρ(1) is the share it wins.", "",
+              "| rank | variant | mean rank | " + " | ".join(f"ρ({fmt_number(t)})" for t in p["taus"][:6]) + " |",
+              "|---|---|---|" + "---|" * min(6, len(p["taus"]))]
     for name in v["ranking"]:
         e = v["variants"][name]
-        lines.append(f"| {e['rank']} | {name} | {fmt_number(e['mean_rank'])} | {fmt_number(e['wins'])} | "
+        lines.append(f"| {e['rank']} | {name} | {fmt_number(e['mean_rank'])} | "
                      + " | ".join(fmt_number(x) for x in p["profiles"][name][:6]) + " |")
     return lines
 
