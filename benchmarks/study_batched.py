@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-STUDY = """\
-name: study
+COMMON = """\
 device: cpu
 data: {{kind: quadratic}}
 train: {{steps: {steps}, loss: mse}}
@@ -39,6 +38,8 @@ optimizers:
   adam: {{name: adam}}
   adamw: {{name: adamw, weight_decay: 0.01}}
   sgdm: {{name: sgd, momentum: 0.9}}
+"""
+STUDY = "name: study\n" + COMMON + """\
 tune:
   space: {{optimizer.lr: {{log_uniform: [1.0e-4, 1.0e-1]}}}}
   sampler: random
@@ -46,19 +47,7 @@ tune:
   seeds: [0]
   final_seeds: 2
 """
-SWEEP = """\
-name: sweep
-device: cpu
-data: {{kind: quadratic}}
-train: {{steps: {steps}, loss: mse}}
-log: {{every: 10, histograms: {{every: 100}}}}
-optimizers:
-  adam: {{name: adam}}
-  adamw: {{name: adamw, weight_decay: 0.01}}
-  sgdm: {{name: sgd, momentum: 0.9}}
-sweep:
-{axes}
-"""
+SWEEP = "name: sweep\n" + COMMON + "sweep:\n{axes}\n"
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
