@@ -140,10 +140,10 @@ class Protocol:
             raise loaded.source.error("tune.direction", f"{tune.direction} disagrees with `{metric}`, which the "
                                       f"verdict ranks {'higher' if maximize else 'lower'} first; allowed: auto or {natural}")
         if tune.prune == "halving":
-            _check_halving(loaded, metric, execution)
+            _check_halving(loaded, arms, metric, execution)
         protocol = cls(loaded, arms, budget, metric, tune.metric is None, maximize, resolver)
-        protocol.totals = {a.label: arm_config(config, a, {}, tune.seeds[0]).train.steps or
-                           arm_config(config, a, {}, tune.seeds[0]).train.epochs for a in arms}
+        trains = {a.label: arm_config(config, a, {}, tune.seeds[0]).train for a in arms}
+        protocol.totals = {label: train.steps or train.epochs for label, train in trains.items()}
         _check_ids(loaded, protocol)
         return protocol
 
@@ -179,10 +179,16 @@ def locate(loaded: LoadedConfig, err: ConfigError, arm: Arm, values: dict[str, A
     return loaded.locate(err, {}, arm.variant)
 
 
-def _check_halving(loaded: LoadedConfig, metric: str, execution: Execution | None) -> None:
+def _check_halving(loaded: LoadedConfig, arms: list[Arm], metric: str, execution: Execution | None) -> None:
     if metric not in INTERMEDIATE:
         raise loaded.source.error("tune.prune", f"halving judges trials at the evaluation points, where `{metric}` "
                                   f"has no value; allowed with halving: {', '.join(INTERMEDIATE)}")
+    for arm in arms:
+        for key in ("train.steps", "train.epochs"):
+            if key in arm.space:
+                raise loaded.source.error(arm.where(loaded.config, key), "halving compares trials at the same steps, so "
+                                          "it cannot tune how long they train; allowed with halving: a space without "
+                                          "train.steps or train.epochs (or prune: none)")
     if execution is not None and (execution.executor != "local" or execution.jobs > 1):
         raise OptcmpError("prune: halving decides at every evaluation point in this process; allowed with it: the "
                           "local executor with --jobs 1")

@@ -120,7 +120,10 @@ class Study:
                 self.results[spec.run_id] = kept
                 self.kept.add(spec.run_id)
             ids.append(spec.run_id)
-        (self.finals.__setitem__(arm.label, ids) if final else self.runs_of.__setitem__((arm.label, k), ids))
+        if final:
+            self.finals[arm.label] = ids
+        else:
+            self.runs_of[(arm.label, k)] = ids
         return ids
 
     def _known(self) -> None:

@@ -31,10 +31,10 @@ COMPARISON_FIELDS = ("test", "n_a", "n_b", "n_pairs", "diverged_a", "diverged_b"
 
 
 def _clean(value: Any) -> Any:
-    """JSON's value: NaN as null, numpy scalars as Python's."""
+    """JSON's value: NaN and ±inf as null (JSON has neither), numpy scalars as Python's."""
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
@@ -120,7 +120,7 @@ def profiles(scores: dict[str, dict[str, float]], maximize: bool) -> dict[str, A
 
 
 def _variant_entry(arm: dict[str, Any], metric: str) -> dict[str, Any]:
-    return {"best_trial": arm["best_trial"], "best_params": arm["best_params"], "best_value": arm["best_value"],
+    return {"best_trial": arm["best_trial"], "best_params": arm["best_params"], "best_value": _clean(arm["best_value"]),
             "trials": arm["trials"], "final": final_stats(arm["finals"], metric)}
 
 

@@ -193,6 +193,12 @@ def test_a_variant_whose_every_trial_diverges_is_counted_and_ranked_last(write_c
     final = verdict["variants"]["sgd"]["final"]
     assert (final["n"], final["diverged"], final["mean"], final["values"]) == (3, 3, None, [None, None, None])
     assert verdict["variants"]["sgd"]["trials"] == {"n": 3, "ok": 0, "diverged": 3, "pruned": 0}
+    assert verdict["variants"]["sgd"]["best_value"] is None  # inf: JSON has none
+
+    def refuse(constant):
+        raise ValueError(f"verdict.json holds {constant}")
+
+    assert json.loads((exp / "verdict.json").read_text(), parse_constant=refuse) == verdict
     (pair,) = verdict["comparisons"]
     assert pair["significant"] is False and pair["diverged_b"] == 3  # three final seeds cannot reach p<0.05
     assert "diverged: adam 0 of 3, sgd 3 of 3" in pair["sentence"]

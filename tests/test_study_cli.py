@@ -49,6 +49,9 @@ ADAM_KEYWORDS = "amsgrad, betas, capturable, decoupled_weight_decay, differentia
      "5: tune.prune: halving judges trials at the evaluation points, where `weight_norm` has no value; allowed with "
      "halving: train_loss, best_train_loss, train_loss_tail, val_loss, best_val_loss, val_loss_tail, val_accuracy, "
      "best_val_accuracy, val_accuracy_tail"),
+    ("tune: {space: {train.steps: {int: [10, 20]}}, budget: 2, prune: halving}",
+     "5: tune.space.train.steps: halving compares trials at the same steps, so it cannot tune how long they train; "
+     "allowed with halving: a space without train.steps or train.epochs (or prune: none)"),
     ("workloads: {w: {data: {kind: nosuch}}}\ntune: {space: {optimizer.lr: [0.1, 0.01]}, budget: 2}",
      "5: workloads.w.data.kind: unknown data set `nosuch`; allowed: quadratic, random_classification, sklearn, csv or "
      "package.module:factory"),
