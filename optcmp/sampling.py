@@ -153,13 +153,23 @@ def _sqlite_pragmas(dbapi_connection, record) -> None:
     cursor.close()
 
 
+def shown_url(url: str) -> str:
+    """A storage URL for messages: its password masked."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all: nothing to hide in it
+        return url
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Optuna's RDB storage at a SQLAlchemy URL (`sqlite:///path/study.db`, `postgresql://…`)."""
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OptcmpError(f"--storage {url}: cannot open it as an Optuna storage: {message}") from None
+        raise OptcmpError(f"--storage {shown_url(url)}: cannot open it as an Optuna storage: {message}") from None
     if url.startswith("sqlite"):
         import sqlalchemy
 

@@ -22,7 +22,8 @@ from optcmp.errors import OptcmpError
 from optcmp.locking import experiment_lock
 from optcmp.results import Status, atomic_write_text, read_result, write_runs_csv
 from optcmp.runner import clear_experiment, write_plan
-from optcmp.sampling import DONE, ArmStudy, Space, batch_ends, delete_studies, halving_pruner, open_storage, rung_steps
+from optcmp.sampling import (DONE, ArmStudy, Space, batch_ends, delete_studies, halving_pruner, open_storage, rung_steps,
+                             shown_url)
 from optcmp.study import (STUDY_FILES, Arm, Protocol, StudyEvents, StudyOutcome, arm_config, default_storage,
                           kept_result, total_runs, trial_spec)
 from optcmp.sweep import RunSpec
@@ -74,7 +75,7 @@ class Study:
             storage = storage or open_storage(self.url)
             if fresh:
                 delete_studies(storage, [self.study_name(a) for a in self.p.arms])
-            where = str(self.exp_dir / "study.db") if default else self.url
+            where = str(self.exp_dir / "study.db") if default else shown_url(self.url)
             self.studies = {
                 a.label: ArmStudy(storage, self.study_name(a), Space(a.space), tune.sampler, tune.seed,
                                   "maximize" if self.p.maximize else "minimize",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 from typer.testing import CliRunner
 
@@ -112,3 +113,21 @@ def test_a_study_prints_its_verdict_and_a_rerun_trains_nothing(write_config, tmp
     fresh = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--fresh"])
     assert fresh.exit_code == 0 and "8 of 8 runs finished; 8 trained in" in fresh.output
     assert json.loads((out / "cli" / "verdict.json").read_text()) == verdict
+
+
+def test_a_study_in_another_storage(write_config, tmp_path):
+    path = write_config(STUDY)
+    out, db = tmp_path / "out", tmp_path / "shared.db"
+    storage = f"sqlite:///{db}"
+    first = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--storage", storage])
+    assert first.exit_code == 0, first.output
+    assert not (out / "cli" / "study.db").exists()
+    assert sorted(optuna.get_all_study_names(storage)) == ["cli/adam", "cli/sgd"]
+    again = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--storage", storage])
+    assert again.exit_code == 0 and "0 trained" in again.output
+    other = write_config(STUDY.replace("steps: 20", "steps: 21"), name="other.yaml")
+    refused_again = CliRunner().invoke(app, ["run", str(other), "--out", str(tmp_path / "o2"), "--storage", storage])
+    assert refused_again.exit_code == 2
+    assert refused_again.output.strip() == (
+        f"error: {storage} holds study `cli/adam` of another config (its space, sampler, seeds, metric or training "
+        "differ); run with --fresh to discard it, or give this config another `name`")
