@@ -68,26 +68,35 @@ def _as_sets(overrides: Overrides, option: str) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
-               imports: bool = True):
-    """Load and validate a config (a path, YAML text or a dict) with its overrides and expand
-    its sweep, importing nothing yet: (LoadedConfig, [RunSpec]). `imports=False`
-    (`--no-imports`) refuses every import path the config names."""
-    from optcmp.config import load_config
-    from optcmp.sweep import expand
+def load_checked(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+                 imports: bool = True):
+    """Load and validate a config (a path, YAML text or a dict) with its overrides, importing
+    nothing yet: a LoadedConfig. `imports=False` (`--no-imports`) refuses every import path
+    the config names."""
+    from optcmp.config import LoadedConfig, load_config
 
+    if isinstance(config, LoadedConfig):
+        return config
     sets = _as_sets(overrides, "--set")
     if name is not None:  # the last --set: it wins; quoted, so `2024` stays a string
         sets.append(f"name={json.dumps(name)}")
     path, parsed = _parsed(config)
-    loaded = load_config(path, sets, _as_sets(sweeps, "--sweep"), imports=imports, parsed=parsed)
+    return load_config(path, sets, _as_sets(sweeps, "--sweep"), imports=imports, parsed=parsed)
+
+
+def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+               imports: bool = True):
+    """`load_checked`, then the sweep expanded: (LoadedConfig, [RunSpec])."""
+    from optcmp.sweep import expand
+
+    loaded = load_checked(config, overrides, sweeps, name, imports)
     return loaded, expand(loaded.config)
 
 
 def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
             imports: bool = True):
     """`load_specs`, then build every run once without training (the preflight, dry step
-    included): (LoadedConfig, [RunSpec], [ResolvedRun])."""
+    included): (LoadedConfig, [RunSpec], [ResolvedRun]). `config` may be a LoadedConfig."""
     from optcmp.runner import preflight
 
     loaded, specs = load_specs(config, overrides, sweeps, name, imports)
@@ -96,7 +105,7 @@ def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides =
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
         name: str | None = None, engine: str = "auto", jobs: int = 1, threads: int = 1, executor: str = "local",
-        fresh: bool = False, quiet: bool = True, imports: bool = True) -> Experiment:
+        fresh: bool = False, quiet: bool = True, imports: bool = True, storage: str | None = None) -> Experiment:
     """Train every run of `config` into `out/<name>/`, as `optcmp run` does, and return the
     Experiment. A rerun keeps the runs that finished (`fresh=True` starts over);
     `imports=False` refuses import paths, as `--no-imports` does.
@@ -104,12 +113,19 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     `overrides`: `["optimizer.lr=0.001"]` or `{"optimizer.lr": 0.001}` (as `--set`);
     `sweeps`: `["optimizer.weight_decay=0.01,0.1"]` or `{"optimizer.weight_decay": [0.01, 0.1]}`
     (as `--sweep`). Failed runs are in `.runs` with status `failed`; Ctrl-C stops the sweep
-    (runs.csv and the summary are written first) and raises KeyboardInterrupt."""
+    (runs.csv and the summary are written first) and raises KeyboardInterrupt.
+
+    A config with `tune:` runs its study (`optcmp.study`; `storage`: an SQLAlchemy URL for
+    the Optuna storage, default `study.db` in the folder): the experiment's `.verdict` and
+    `.trials` hold the outcome."""
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
-    loaded, specs, runs = prepare(config, overrides, sweeps, name, imports)
+    loaded = load_checked(config, overrides, sweeps, name, imports)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
+    if loaded.config.tune is not None:
+        return _run_study(loaded, exp_dir, execution, fresh, quiet, storage)
+    loaded, specs, runs = prepare(loaded)
     events = Events() if quiet else Events(run_end=_say_run)
     outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)
     experiment = Experiment(exp_dir)
@@ -118,6 +134,20 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     if outcome.interrupted:
         raise KeyboardInterrupt(f"{exp_dir}: interrupted; run again to do the runs left (finished ones are kept)")
     return experiment
+
+
+def _run_study(loaded, exp_dir: Path, execution, fresh: bool, quiet: bool, storage: str | None) -> Experiment:
+    from optcmp.study import StudyEvents
+    from optcmp.study_run import run_study
+    from optcmp.verdict import verdict_lines
+
+    events = StudyEvents() if quiet else StudyEvents(run_end=_say_run, phase=print)
+    outcome = run_study(loaded, exp_dir, storage, execution, events, fresh)
+    if not quiet and outcome.verdict is not None:
+        print("\n".join(verdict_lines(outcome.verdict)))
+    if outcome.interrupted:
+        raise KeyboardInterrupt(f"{exp_dir}: interrupted; run again to go on (finished runs and told trials are kept)")
+    return Experiment(exp_dir)
 
 
 def _say_run(result: dict[str, Any]) -> None:
@@ -185,6 +215,20 @@ class Experiment:
     def summary(self):
         """summary.csv as a DataFrame: one row per config, best first."""
         return self._csv("summary.csv")
+
+    @property
+    def trials(self):
+        """A study's trials.csv as a DataFrame: one row per trial (variant, trial, status, its
+        values, the tuning metric, rank …)."""
+        return self._csv("trials.csv")
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """A study's verdict.json: the tuned variants compared on the final seeds."""
+        path = self.dir / "verdict.json"
+        if not path.is_file():
+            raise OptcmpError(f"{path}: missing; a study writes it once its final runs are done (run it again to go on)")
+        return json.loads(path.read_text())
 
     def _csv(self, name: str):
         import pandas as pd

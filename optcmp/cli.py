@@ -170,6 +170,7 @@ def _print_groups(runs) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path = CONFIG_ARG,
     out: Path = OUT_OPT,
     set_: list[str] = SET_OPT,
@@ -183,11 +184,12 @@ def run(
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
     name: Optional[str] = NAME_OPT,
     no_imports: bool = NO_IMPORTS_OPT,
+    storage: Optional[str] = typer.Option(None, "--storage", help="A study's Optuna storage, any SQLAlchemy URL Optuna supports (default: sqlite study.db in the experiment folder)."),
 ) -> None:
-    """Train every run of the config and write the summary; a rerun skips runs that finished.
+    """Train every run of the config and write the summary (a config with tune: runs its study); a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
-    from optcmp.api import prepare
+    from optcmp.api import load_checked, prepare
     from optcmp.progress import run_with_progress
     from optcmp.runner import Execution, experiment_dir
 
@@ -195,14 +197,22 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
-            _imports_done()
+            loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
             exp_dir = experiment_dir(out, loaded.config.name)
+            if loaded.config.tune is not None or ctx.info_name == "tune":
+                from optcmp.cli_study import study_command
+
+                raise typer.Exit(study_command(loaded, exp_dir, execution, fresh, storage, console, err_console, _imports_done))
+            loaded, specs, runs = prepare(loaded)
+            _imports_done()
             outcome = run_with_progress(err_console, loaded, specs, runs, exp_dir, execution, fresh)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
     _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
+
+
+app.command("tune", help="Run a study (a config with tune:): each variant tuned with the same budget, compared on fresh seeds.")(run)
 
 
 def _warn_oversubscribed(execution) -> None:

@@ -4,7 +4,8 @@ An engine gives the loop its runs as *members* (`Members`): the sequential engin
 torch.optim optimizer and an nn.Module; the vectorized engine M, stacked. The loop drives
 them through steps or epochs, each member with its own shuffle order; checks divergence;
 logs the scalars (their tags and order declared once, in `SCALARS`) and histograms at the
-configured steps; asks the caller's `should_stop` hook at each evaluation point; and ends
+configured steps; asks the caller's `should_stop` hook at each evaluation point (once for
+all open members: see `units.ShouldStop`); and ends
 each member's run folder (`rundir.RunFolder`): a member that diverges or is pruned leaves,
 the others go on, their numbers unchanged bit for bit (a member that left is still computed
 with the others, never removed from the stacked tensors).
@@ -239,7 +240,7 @@ class Loop:
     def log_point(self, x: int, losses: Column, after_step: bool, progress_step: int, epoch: int | None = None) -> None:
         """Log the scalars of every open member at `x` (a step, or an epoch) whose weights
         have had `progress_step` optimizer steps, keep its evaluation point, then ask the
-        `should_stop` hook about each."""
+        `should_stop` hook about all of them at once."""
         open_members = self.open()
         if not open_members:
             return
@@ -259,8 +260,10 @@ class Loop:
             columns["epoch"] = [float(epoch)] * self.members.size
         tags = ordered(tuple(columns))
         rows = member_rows([*(columns[t] for t in tags), full_train])  # the full-set loss last, not logged
+        train_values = {}
         for m in open_members:
             row, trajectory = rows[m][:-1], self.trajectories[m]
+            train_values[m] = rows[m][-1]
             trajectory.add("train_loss", train_done, rows[m][-1])
             for metric, tag in (("val_loss", "val/loss"), ("val_accuracy", "val/accuracy")):
                 if tag in columns:
@@ -270,8 +273,9 @@ class Loop:
         if self.progress is not None:
             self.progress(progress_step, self.total, [rows[m][tags.index("train/loss")] for m in open_members])
         if self.should_stop is not None:
-            for m in open_members:
-                if self.should_stop(m, x, dict(zip(tags, rows[m]))):
+            values = {m: {**dict(zip(tags, rows[m])), "train_loss": full} for m, full in train_values.items()}
+            for m in sorted(set(self.should_stop(x, values))):
+                if m in values:
                     self.folders[m].finish(Status.PRUNED, self.share(), pruned_step=x)
 
     def finish(self, steps: int) -> None:

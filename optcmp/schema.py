@@ -292,7 +292,9 @@ class TuneConfig(_Strict):
     # the whole grid (then every variant's grid must have as many points).
     budget: int | None = Field(None, ge=1)
     seeds: list[Seed] = Field(default_factory=lambda: [0])  # tuning seeds, or a count N: 0…N−1
-    metric: str | None = None  # what tuning optimizes; None: val_loss_tail with a validation split, else train_loss_tail
+    # What tuning optimizes; None: the summary's default ranking metric, best_val_loss with a validation
+    # split, else best_train_loss (best-so-far: the least chaotic loss, benchmarks/chaos_probe.py).
+    metric: str | None = None
     direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: maximize accuracies, minimize the rest
     # The best trial of each variant is rerun on fresh seeds: a count N gives the N seeds
     # after the largest tuning seed; a list must share no seed with `seeds`.
@@ -346,6 +348,15 @@ class TuneConfig(_Strict):
         return self
 
 
+class WorkloadConfig(_Strict):
+    """One workload of a study (`workloads:`): its model, data and train sections. Each key a
+    workload does not set is the top-level section's (merged in before validation)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"  # the folder under the output root
     seeds: list[Seed] = Field(default_factory=lambda: [0])  # or a count N, meaning 0..N-1
@@ -358,6 +369,7 @@ class ExperimentConfig(_Strict):
     scheduler: SchedulerConfig | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key → values (a grid)
     tune: TuneConfig | None = None  # a study: tune each variant with an equal budget, compare on fresh seeds
+    workloads: dict[str, WorkloadConfig] = Field(default_factory=dict)  # a study on several workloads, each tuned on its own
     log: LogConfig = Field(default_factory=LogConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
     max_runs: int = Field(DEFAULT_MAX_RUNS, ge=1)  # a sweep expanding to more runs is refused before it starts

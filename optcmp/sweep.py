@@ -119,7 +119,7 @@ def run_base(config: ExperimentConfig, variant: str | None = None) -> dict[str, 
     """The run config of `variant` (or of the plain config) before any sweep value is set,
     as a dict: the variant's section as `optimizer`, its schedule as `scheduler`."""
     base = config.model_dump(mode="python")
-    base.update(sweep={}, optimizers={}, tune=None, seeds=[config.seeds[0]])
+    base.update(sweep={}, optimizers={}, tune=None, workloads={}, seeds=[config.seeds[0]])
     if variant is not None:
         chosen = config.optimizers[variant]
         base["optimizer"] = chosen.section()

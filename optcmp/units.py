@@ -8,7 +8,7 @@ time (a worker process sets its thread count before torch loads).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +25,13 @@ ENGINES = ("auto", "sequential", "vectorized")
 EXECUTORS = ("local", "ray")
 # At each log point: (steps done, total steps, the train/loss of each member still training).
 Progress = Callable[[int, int, Sequence[float]], None]
-# At each evaluation point, for each member still training: (member index in its unit,
-# step, the scalars just logged by tag) → True stops that member, recorded `pruned`.
-ShouldStop = Callable[[int, int, dict[str, float]], bool]
+# At each evaluation point, for the whole unit at once: (step, {member index in its unit:
+# its values}) for every member still training → the members to stop, recorded `pruned`.
+# A member's values: the scalars just logged by tag, and `train_loss`, the whole training
+# set's loss there (what `best_train_loss` and `train_loss_tail` are made of). Group-level,
+# so a decision may weigh every member's value at the step (a study judges a trial on the
+# mean of its seeds, and successive halving ranks trials against each other).
+ShouldStop = Callable[[int, dict[int, dict[str, float]]], Iterable[int]]
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,78 @@
+"""The command line of a study: `optcmp run` (or `optcmp tune`) of a config with `tune:`.
+Progress while the trials and final runs train, then the verdict; cli.py exits with the
+status `study_command` returns (0 done, 1 runs failed, 130 interrupted)."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from optcmp.errors import OptcmpError
+
+
+def study_command(loaded, exp_dir: Path, execution, fresh: bool, storage: str | None, console: Console,
+                  err_console: Console, ready: Callable[[], None] = lambda: None) -> int:
+    """Check the study, run what is left of it, print the verdict; the exit status."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optcmp.progress import loss_text
+    from optcmp.study import Protocol, StudyEvents
+    from optcmp.study_run import Study
+
+    if loaded.config.tune is None:
+        raise OptcmpError(f"{loaded.source.path}: `optcmp tune` runs a study, and this config has no tune: section; "
+                          "`optcmp run` trains its sweep")
+    protocol = Protocol.of(loaded, execution)  # a mistake stops here, before anything is written
+    ready()
+    in_process = execution.executor == "local" and execution.jobs == 1
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console,
+                        transient=True, auto_refresh=in_process)
+    with progress:
+        runs = progress.add_task("runs", total=1, info="")
+        steps = progress.add_task("", total=1, info="", visible=in_process)
+
+        def plan(todo, kept):
+            progress.advance(runs, len(kept))
+
+        def unit_start(unit):
+            more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
+            progress.update(steps, description=unit[0].run_id + more, completed=0, info="")
+
+        def step(unit, s, total, losses):  # the train/loss of each member still training
+            info = loss_text(len(unit), statistics.median(losses), min(losses), len(losses)) if losses else ""
+            progress.update(steps, completed=s, total=total, info=info)
+
+        def run_end(result):
+            progress.advance(runs)
+
+        events = StudyEvents(plan, unit_start, step, run_end, phase=lambda text: progress.console.print(text))
+        study = Study(protocol, exp_dir, storage, execution, events)
+        progress.update(runs, total=events.total)
+        outcome = study.run(fresh)
+    return finish(outcome, events.total, console)
+
+
+def finish(outcome, planned: int, console: Console) -> int:
+    """Print the verdict (or what is left to do) and return the exit status."""
+    from optcmp.verdict import verdict_lines
+
+    if outcome.verdict is not None:
+        console.print(f"Verdict ({outcome.exp_dir.name}):", soft_wrap=True)
+        for line in verdict_lines(outcome.verdict):
+            console.print(line, soft_wrap=True)
+    finished = sum(r["status"] in ("ok", "diverged", "pruned") for r in outcome.results)
+    kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
+    console.print(f"{finished} of {planned} runs finished{kept}; {outcome.trained} trained in {outcome.seconds:.1f} s")
+    console.print(f"Results in {outcome.exp_dir}/ (verdict.json, verdict.md, trials.csv, runs.csv, study.db)",
+                  soft_wrap=True)
+    if outcome.interrupted:
+        console.print("Interrupted; run the same command again to go on (finished runs and told trials are kept)")
+        return 130
+    if outcome.failed:
+        console.print(f"{outcome.failed} run(s) failed (see the error column of runs.csv); running the same command "
+                      "again retries them")
+        return 1
+    return 0
