@@ -187,21 +187,26 @@ def run(
     """Train every run of the config and write the summary; a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
+    from optcmp import stopping
     from optcmp.api import prepare
     from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
     _warn_oversubscribed(execution)
     try:
-        with _sigterm_as_interrupt():
+        # SIGTERM (`kill`, a job scheduler) stops like Ctrl-C. Before the sweep either one
+        # stops at once (nothing is written yet); from the sweep on it is recorded and
+        # acted on where every folder is whole (see optcmp.stopping): runs marked, summary written.
+        with stopping.handled():
             loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
+            with stopping.deferred():
+                outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
+                _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary, stopping.requested)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
-    _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
 
 
 def _warn_oversubscribed(execution) -> None:
@@ -211,26 +216,6 @@ def _warn_oversubscribed(execution) -> None:
     if execution.executor == "local" and wanted > cores:
         err_console.print(f"warning: --jobs {execution.jobs} × --threads {execution.threads} = {wanted} threads "
                           f"on {cores} cores: the runs will slow each other down")
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """`kill` or a job scheduler's SIGTERM stops the sweep like Ctrl-C: runs marked, summary written."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
@@ -271,7 +256,9 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, run
         return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh, runs)
 
 
-def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
+def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str], stopped=lambda: False) -> None:
+    """The summary table and the counts; exit 130 when the sweep was stopped (`stopped()`:
+    also by a signal that came while this was printing), 1 when runs failed."""
     from optcmp.display import title
     from optcmp.summary import aggregate, read_run_table
 
@@ -297,10 +284,13 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     if results:
         console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
         console.print(tensorboard_hint(exp_dir), soft_wrap=True)
-    if outcome.interrupted:
+    if outcome.interrupted or stopped():
         left = planned - len(results) + counts["interrupted"]
-        console.print(f"Interrupted with {left} of {planned} runs left to do; "
-                      "run the same command again to do them (finished runs are kept)")
+        if left:
+            console.print(f"Interrupted with {left} of {planned} runs left to do; "
+                          "run the same command again to do them (finished runs are kept)")
+        else:
+            console.print("Interrupted as the last runs finished: none is left to do")
         raise typer.Exit(130)
     if counts["failed"]:
         console.print(f"{counts['failed']} run(s) failed; running the same command again retries them")

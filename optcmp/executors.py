@@ -7,6 +7,9 @@ Every executor has the same three methods, used by `runner.run_sweep`:
   that had started; the driver marks runs without a result `interrupted`;
 - `close()` gives back what the executor holds (processes, a Ray instance it started).
 
+`results` ends early once a stop signal is recorded (`stopping`): it starts no other unit,
+and while it waits for workers it looks every `stopping.POLL_S`.
+
 This module imports no torch at load time: a worker process sets its thread count first.
 """
 from __future__ import annotations
@@ -19,14 +22,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from optcmp import stopping
+from optcmp.engines import run_unit
 from optcmp.errors import OptcmpError
 from optcmp.results import Status, atomic_write_bytes
-from optcmp.engines import run_unit
 from optcmp.units import Events, Execution, Unit, stand_in
 
 STOP_GRACE_S = 15.0  # how long a stopped worker may take to close its run's logs
@@ -52,8 +56,8 @@ def available_cores() -> int:
 
 
 class InProcessExecutor:
-    """One unit after another in this process, with per-step progress. Ctrl-C lands inside
-    the trainer, which ends the run as `interrupted`."""
+    """One unit after another in this process, with per-step progress. A stop signal ends
+    the unit in flight at its next step (its runs `interrupted`) and starts no other."""
 
     def __init__(self, exp_dir: Path, base_dir: Path | None, threads: int, events: Events) -> None:
         self.exp_dir, self.base_dir, self.threads, self.events = exp_dir, base_dir, threads, events
@@ -66,6 +70,8 @@ class InProcessExecutor:
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         for unit in units:
+            if stopping.requested():
+                return
             self._current = unit
             self.events.unit_start(unit)
             out = run_unit(unit, self.exp_dir, self.base_dir, lambda s, t, l, unit=unit: self.events.step(unit, s, t, l))
@@ -85,28 +91,19 @@ class InProcessExecutor:
 
 # --- local processes -------------------------------------------------------------------
 
-_worker = {"busy": False, "stopping": False}
-
-
 def _init_worker(threads: int) -> None:
-    """Runs first in each worker process: threads before torch loads, signals, parent watch."""
+    """Runs first in each worker process: signals, threads before torch loads, parent watch.
+
+    Ctrl-C reaches every process of the terminal's group, and the driver forwards it too:
+    a worker records the signal (`stopping`), ends the unit in flight at its next step, its
+    runs `interrupted`, and starts no other."""
+    stopping.record_in_worker()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, _on_stop_signal)
-    signal.signal(signal.SIGTERM, _on_stop_signal)
     _exit_with_parent()
-
-
-def _on_stop_signal(signum, frame) -> None:
-    """Ctrl-C reaches every process of the terminal's group, and the driver forwards it too:
-    end the run in progress once (as `interrupted`), and start no other."""
-    first = not _worker["stopping"]
-    _worker["stopping"] = True
-    if first and _worker["busy"]:
-        raise KeyboardInterrupt
 
 
 def _exit_with_parent() -> None:
@@ -124,17 +121,14 @@ def _exit_with_parent() -> None:
 
 def _work(unit: Unit, exp_dir: Path, base_dir: Path | None) -> list[dict[str, Any]] | None:
     """A worker's job: run one unit; None when a stop came before it began."""
-    _worker["busy"] = True
+    if stopping.requested():
+        return None
     try:
-        if _worker["stopping"]:
-            return None
         return run_unit(unit, exp_dir, base_dir)
-    except KeyboardInterrupt:  # stopped outside the trainer, which would have said so itself
+    except KeyboardInterrupt:  # raised by the user's code outside a step
         return [stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user") for run in unit.runs]
     except OptcmpError as e:
         raise OptcmpError(str(e)) from None  # subclasses need arguments to unpickle; the message is all
-    finally:
-        _worker["busy"] = False
 
 
 def start_method(units: list[Unit], threads: int) -> str:
@@ -181,15 +175,18 @@ class ProcessExecutor:
             initializer=_init_worker, initargs=(self.threads,),
         )
         self._futures = {self._pool.submit(_work, unit, self.exp_dir, self.base_dir): unit for unit in units}
-        for future in as_completed(list(self._futures)):
-            unit = self._futures.pop(future)
-            try:
-                out = future.result()
-            except BrokenProcessPool as e:
-                out = [stand_in(self.exp_dir, run, Status.FAILED, f"its worker process died ({e}); run again to retry")
-                       for run in unit.runs]
-            if out is not None:
-                yield unit, out
+        pending = set(self._futures)
+        while pending and not stopping.requested():
+            done, pending = wait(pending, timeout=stopping.POLL_S, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=list(self._futures).index):
+                unit = self._futures.pop(future)
+                try:
+                    out = future.result()
+                except BrokenProcessPool as e:
+                    out = [stand_in(self.exp_dir, run, Status.FAILED, f"its worker process died ({e}); run again to retry")
+                           for run in unit.runs]
+                if out is not None:
+                    yield unit, out
 
     def stop(self) -> list[Outcome]:
         if self._pool is None:
@@ -203,7 +200,7 @@ class ProcessExecutor:
         wait(started, timeout=STOP_GRACE_S)
         for p in processes:  # one that did not stop in time is killed; its runs count as interrupted
             if p.is_alive():
-                p.terminate()
+                p.kill()  # SIGTERM would only be recorded, as SIGINT was
             p.join(timeout=5)
         out = []
         for future in started:
@@ -311,15 +308,16 @@ class RayExecutor:
         task = ray.remote(_ray_work)
         pending = list(reversed(units))
         base_dir = str(self.base_dir) if self.base_dir else None
-        while pending or self._in_flight:
+        while (pending or self._in_flight) and not stopping.requested():
             while pending and len(self._in_flight) < self._capacity():
                 unit = pending.pop()
                 ref = task.options(num_cpus=self.threads, num_gpus=self._gpus(unit), max_retries=RAY_MAX_RETRIES,
                                    retry_exceptions=True).remote(unit, base_dir, self.threads)
                 self._in_flight[ref] = unit
-            (ref,), _ = ray.wait(list(self._in_flight), num_returns=1)
-            unit = self._in_flight.pop(ref)
-            yield unit, self._collect(ref, unit)
+            ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=stopping.POLL_S)
+            for ref in ready:
+                unit = self._in_flight.pop(ref)
+                yield unit, self._collect(ref, unit)
 
     def _collect(self, ref, unit: Unit) -> list[dict[str, Any]]:
         import ray

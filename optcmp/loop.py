@@ -33,6 +33,7 @@ from optcmp.errors import OptcmpError
 from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
 from optcmp.results import Status
+from optcmp import stopping
 from optcmp.rundir import RunFolder, in_threads
 from optcmp.tb.logger import log_histograms
 from optcmp.units import Progress, ShouldStop
@@ -197,6 +198,7 @@ class Loop:
             for k in range(len(batches[0])):
                 if step >= total or not self.open():
                     break
+                stopping.check()  # a stop signal ends the members still training here, between two steps
                 log_step = not self.by_epoch and (step % every == 0 or step == total - 1)
                 # the weights after the step's update, the last step's (the final weights) too
                 hist_step = hist_every > 0 and not self.by_epoch and (step % hist_every == 0 or step == total - 1)
@@ -329,17 +331,22 @@ def execute_members(runs: list[ResolvedRun], exp_dir: Path, engine: str, device:
                     build: Callable[[], tuple[Members, int]], progress: Progress | None = None,
                     should_stop: ShouldStop | None = None) -> list[dict[str, Any]]:
     """Prepare the runs' folders, build the members (`build()` → members and the training
-    set's size), train them, and record how each ended; returns their results, in order."""
+    set's size), train them, and record how each ended; returns their results, in order.
+
+    A stop signal (see `stopping`) is looked for once the folders are prepared, once the
+    members are built and before each step: the runs still training are then recorded
+    `interrupted`; ones that had finished keep their result."""
     folders = in_threads(lambda run: RunFolder(run, exp_dir, engine, device), runs)
     start = time.perf_counter()
     share = lambda: (time.perf_counter() - start) / len(runs)  # noqa: E731
     try:
+        stopping.check()
         members, n_train = build()
+        stopping.check()
         Loop(members, folders, device, n_train, progress, should_stop).run()
     except KeyboardInterrupt:
-        for f in folders:
-            if not f.done:
-                f.interrupt(share())
+        seconds = share()
+        in_threads(lambda f: f.interrupt(seconds), [f for f in folders if not f.done])
     except OptcmpError:
         for f in folders:
             if not f.done:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optcmp import stopping
 from optcmp.config import LoadedConfig
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.locking import experiment_lock
@@ -85,77 +86,106 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     """Run every spec that has no kept result, on the chosen executor; results in plan order.
     `runs`: the specs as `preflight` resolved them (resolved here when not given).
 
-    Ctrl-C (KeyboardInterrupt) stops the runs in flight, marks them `interrupted` and
-    returns normally with `interrupted=True`, after runs.csv and the summary are written."""
-    from optcmp.executors import make_executor
-    from optcmp.summary import write_summary
-
+    Whatever refuses the sweep (results of another config, an executor that cannot start)
+    does so before anything is written. A stop signal
+    (Ctrl-C, SIGTERM; see `stopping`) at any moment stops the runs in flight, which are
+    marked `interrupted`, and returns normally with `interrupted=True`, after runs.csv and
+    the summary are written; so does a KeyboardInterrupt a run raised itself."""
     events = events or Events()
     execution = execution or Execution()
     jobs = execution.jobs if execution.executor == "local" else 1
     runs = runs if runs is not None else preflight(loaded, specs)
-    by_id = {run.spec.run_id: run for run in runs}
     # --engine vectorized may refuse: before anything is written
     all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None
-    with experiment_lock(exp_dir):
-        if fresh:
-            clear_experiment(exp_dir)
-        kept = kept_results(exp_dir, specs)
-        write_plan(exp_dir, specs)
-        todo = [s for s in specs if s.run_id not in kept]
-        events.plan(todo, list(kept.values()))
-        order = {s.run_id: i for i, s in enumerate(specs)}
-        results = dict(kept)
-        outcome = SweepOutcome([], set(kept), todo=len(todo))
-        last_summary = time.monotonic()
-
-        def record(unit: Unit, unit_results: list[dict[str, Any]], stopped: bool = False) -> None:
-            """Take in a unit's results; after a stop, its runs without one were cut off."""
-            reported = {r["run_id"] for r in unit_results}
-            for run in unit.runs:
-                run_id = run.spec.run_id
-                # what is on disk is what runs.csv shows (non-finite metrics are null there)
-                result = read_result(exp_dir / run_id) if run_id in reported else None
-                if result is None and stopped:
-                    result = stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user")
-                if result is None:  # never started: still to do
-                    continue
-                results[run_id] = result
-                outcome.interrupted |= result["status"] == Status.INTERRUPTED
-                events.run_end(result)
-
-        def save(summary: bool) -> None:
-            write_runs_csv(exp_dir, sorted(results.values(), key=lambda r: order[r["run_id"]]))
-            if summary:
-                write_summary(exp_dir, loaded.config.summary.primary)
-
-        units = all_units if all_units is not None and not kept else \
-            plan_units([by_id[s.run_id] for s in todo], execution.engine, jobs)
-        start = time.perf_counter()
-        executor = make_executor(execution, exp_dir, loaded.base_dir, events) if units else None
+    exp_dir = Path(exp_dir)
+    with stopping.deferred():
+        kept = {} if fresh or not exp_dir.is_dir() else kept_results(exp_dir, specs)  # may refuse; reads only
+        executor = None
         try:
-            if executor is not None:
-                try:
-                    for unit, unit_results in executor.results(units):
-                        record(unit, unit_results)
-                        if outcome.interrupted:
-                            break
-                        due = time.monotonic() - last_summary > SUMMARY_EVERY_S
-                        save(summary=due)
-                        last_summary = time.monotonic() if due else last_summary
-                except KeyboardInterrupt:
-                    outcome.interrupted = True
-                except BaseException:  # e.g. a config error a worker met: do not wait for the others
-                    executor.stop()
-                    raise
-                if outcome.interrupted:
-                    for unit, unit_results in executor.stop():
-                        record(unit, unit_results, stopped=True)
-        finally:
+            if len(kept) < len(specs) and not stopping.requested():
+                from optcmp.executors import make_executor
+
+                executor = make_executor(execution, exp_dir, loaded.base_dir, events)  # may refuse (no cluster)
+            with experiment_lock(exp_dir):
+                if fresh:
+                    clear_experiment(exp_dir)
+                kept = kept_results(exp_dir, specs)  # again: another writer may have finished runs meanwhile
+                write_plan(exp_dir, specs)
+                handed, executor = executor, None  # _execute closes it
+                outcome = _execute(loaded, specs, exp_dir, events, execution, kept, handed,
+                                   {run.spec.run_id: run for run in runs}, all_units, jobs)
+        except BaseException:
             if executor is not None:
                 executor.close()
-            outcome.seconds = time.perf_counter() - start
-            if results:
-                save(summary=True)
+            raise
+        outcome.interrupted |= stopping.requested()  # also a signal that came as the last folders were finished
+    return outcome
+
+
+def _execute(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events: Events, execution: Execution,
+             kept: dict[str, dict[str, Any]], executor, by_id: dict[str, ResolvedRun], all_units: list[Unit] | None,
+             jobs: int) -> SweepOutcome:
+    """The sweep under the lock: the runs not kept, unit by unit, each unit's results taken
+    in from their files as it ends; runs.csv after each, the summary now and then and last."""
+    from optcmp.summary import write_summary
+
+    todo = [s for s in specs if s.run_id not in kept]
+    events.plan(todo, list(kept.values()))
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    results = dict(kept)
+    outcome = SweepOutcome([], set(kept), todo=len(todo))
+    last_summary = time.monotonic()
+
+    def record(unit: Unit, unit_results: list[dict[str, Any]], stopped: bool = False) -> None:
+        """Take in a unit's results; after a stop, its runs without one were cut off."""
+        reported = {r["run_id"] for r in unit_results}
+        for run in unit.runs:
+            run_id = run.spec.run_id
+            # what is on disk is what runs.csv shows (non-finite metrics are null there)
+            result = read_result(exp_dir / run_id) if run_id in reported else None
+            if result is None and stopped:
+                result = stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user")
+            if result is None:  # never started: still to do
+                continue
+            results[run_id] = result
+            outcome.interrupted |= result["status"] == Status.INTERRUPTED
+            events.run_end(result)
+
+    def save(summary: bool) -> None:
+        write_runs_csv(exp_dir, sorted(results.values(), key=lambda r: order[r["run_id"]]))
+        if summary:
+            write_summary(exp_dir, loaded.config.summary.primary)
+
+    units = all_units if all_units is not None and not kept else \
+        plan_units([by_id[s.run_id] for s in todo], execution.engine, jobs)
+    if not units and executor is not None:
+        executor.close()
+        executor = None
+    start = time.perf_counter()
+    try:
+        if executor is not None and not stopping.requested():
+            try:
+                for unit, unit_results in executor.results(units):
+                    record(unit, unit_results)
+                    if outcome.interrupted or stopping.requested():
+                        break
+                    due = time.monotonic() - last_summary > SUMMARY_EVERY_S
+                    save(summary=due)
+                    last_summary = time.monotonic() if due else last_summary
+            except KeyboardInterrupt:  # raised by a run itself (user code), not by a signal
+                outcome.interrupted = True
+            except BaseException:  # e.g. a config error a worker met: do not wait for the others
+                executor.stop()
+                raise
+            if outcome.interrupted or stopping.requested():
+                outcome.interrupted = True
+                for unit, unit_results in executor.stop():
+                    record(unit, unit_results, stopped=True)
+    finally:
+        if executor is not None:
+            executor.close()
+        outcome.seconds = time.perf_counter() - start
+        if results:
+            save(summary=True)
     outcome.results = sorted(results.values(), key=lambda r: order[r["run_id"]])
     return outcome
