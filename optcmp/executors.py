@@ -30,7 +30,7 @@ from typing import Any
 from optcmp import stopping
 from optcmp.engines import run_unit
 from optcmp.errors import OptcmpError
-from optcmp.results import Status, atomic_write_bytes
+from optcmp.results import NoSpace, Status, atomic_write_bytes
 from optcmp.units import Events, Execution, Unit, stand_in
 
 STOP_GRACE_S = 15.0  # how long a stopped worker may take to close its run's logs
@@ -128,7 +128,8 @@ def _work(unit: Unit, exp_dir: Path, base_dir: Path | None) -> list[dict[str, An
     except KeyboardInterrupt:  # raised by the user's code outside a step
         return [stand_in(exp_dir, run, Status.INTERRUPTED, "interrupted by the user") for run in unit.runs]
     except OptcmpError as e:
-        raise OptcmpError(str(e)) from None  # subclasses need arguments to unpickle; the message is all
+        error = type(e)(str(e)) if type(e) in (OptcmpError, NoSpace) else OptcmpError(str(e))
+        raise error from None  # subclasses of other signatures cannot unpickle; the message is all
 
 
 def start_method(units: list[Unit], threads: int) -> str:
@@ -251,8 +252,10 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
 def install_run(run_dir: Path, files: dict[str, bytes]) -> None:
     """Write a run folder returned by a worker: clean first (a redone run never mixes with
     an old attempt), result.json last, each file atomically."""
-    if run_dir.exists():
+    if run_dir.is_dir() and not run_dir.is_symlink():
         shutil.rmtree(run_dir)
+    elif run_dir.is_symlink() or run_dir.exists():  # a file in the run folder's place
+        run_dir.unlink()
     for name in sorted(files, key=lambda n: n == "result.json"):
         atomic_write_bytes(run_dir / name, files[name])
 

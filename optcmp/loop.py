@@ -32,7 +32,7 @@ from optcmp.data import batch_size_of, epoch_batches, shuffle_generator, steps_p
 from optcmp.errors import OptcmpError
 from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
-from optcmp.results import Status
+from optcmp.results import Status, no_space
 from optcmp import stopping
 from optcmp.rundir import RunFolder, in_threads
 from optcmp.tb.logger import log_histograms
@@ -348,13 +348,26 @@ def execute_members(runs: list[ResolvedRun], exp_dir: Path, engine: str, device:
         seconds = share()
         in_threads(lambda f: f.interrupt(seconds), [f for f in folders if not f.done])
     except OptcmpError:
-        for f in folders:
-            if not f.done:
-                f.abandon()
+        _abandon(folders)
         raise
     except Exception as e:  # noqa: BLE001 - a run that raises must not stop the sweep
+        full = no_space(e)  # ... unless the disk is full: every run after it would fail too
+        if full is not None:
+            _abandon(folders)
+            raise full from None
         text = traceback.format_exc()
         for f in folders:
             if not f.done:
                 f.fail(e, text, share())
     return [f.result for f in folders]
+
+
+def _abandon(folders: list[RunFolder]) -> None:
+    """No result for the runs still open (they are redone next time); closing a logger on a
+    full disk may fail again, which changes nothing."""
+    for f in folders:
+        if not f.done:
+            try:
+                f.abandon()
+            except Exception:  # noqa: BLE001
+                pass

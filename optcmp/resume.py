@@ -1,58 +1,87 @@
-"""Resume: which results on disk a sweep keeps, and which it refuses to mix with."""
+"""Resume: which results on disk a sweep keeps, and which it refuses to mix with.
+
+A run is kept when it finished (ok, diverged, pruned), its result.json is whole
+(`results.read_result`), its folder has the files a finished run has (config.yaml,
+metrics.csv, a non-empty event file, and for `ok` a readable weights.npz), and its config
+hash is this plan's. A run whose result or files are damaged is not kept: the sweep
+redoes it (its folder is emptied first).
+
+Results of another config under the same name are refused, before anything is written.
+"""
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from optcmp.errors import OptcmpError
-from optcmp.results import FINISHED, read_result
+from optcmp.results import FINISHED, Status, read_result
 from optcmp.sweep import RunSpec
 from optcmp.yamlio import read_yaml_file
 
 OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json")
-
-
-# --- resume --------------------------------------------------------------------------
+EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any]]:
-    """The results on disk this plan keeps: finished (ok, diverged or pruned) with the same resolved
-    config. Refuses a folder holding results of another config under the same name."""
+    """The results on disk this plan keeps (see the module's docstring), by run id.
+    Refuses a folder holding results of another config under the same name."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return {}
     by_id = {s.run_id: s for s in specs}
     swept = set(specs[0].params) if specs else set()
     kept: dict[str, dict[str, Any]] = {}
     conflicts: dict[str, tuple[Any, Any]] = {}
     conflicting_runs: list[str] = []
-    for run_dir in sorted(p for p in Path(exp_dir).iterdir() if p.is_dir()):
+    for run_dir in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.is_symlink()):
         result = read_result(run_dir)
-        if result is None:
-            continue
-        if result.get("status") not in FINISHED:  # failed or interrupted: no numbers to keep or to mix up
+        if result is None or result["status"] not in FINISHED:  # no numbers to keep or to mix up
             continue
         spec = by_id.get(run_dir.name)
+        if spec is not None and result["run_id"] != spec.run_id:
+            continue  # another run's result.json copied here: damaged, redone
+        if not whole(run_dir, result["status"]):
+            continue
         if spec is not None and result.get("config_hash") == spec.config_hash:
             kept[spec.run_id] = result
             continue
         # Another plan's run (other seeds or sweep values of this config are fine), or a run
         # whose config changed: compare what is not swept.
-        ignore = {"seeds"} if spec is not None else {"seeds", *swept, *result.get("params", {})}
+        ignore = {"seeds"} if spec is not None else {"seeds", *swept, *result["params"]}
         diff = _config_differences(run_dir, (spec or specs[0]).config.model_dump(mode="json"), ignore)
+        if diff is None:  # config.yaml damaged: nothing to compare, the run is redone if planned
+            continue
         if diff:
             conflicting_runs.append(run_dir.name)
             for key, values in diff.items():
                 conflicts.setdefault(key, values)
     if conflicts:
-        raise OptcmpError(_conflict_message(Path(exp_dir), conflicts, conflicting_runs))
+        raise OptcmpError(_conflict_message(exp_dir, conflicts, conflicting_runs))
     return kept
 
 
-def _config_differences(run_dir: Path, new: dict[str, Any], ignore: set[str]) -> dict[str, tuple[Any, Any]]:
+def whole(run_dir: Path, status: str) -> bool:
+    """Whether a finished run's folder has its files: a deleted event file or weights.npz
+    makes the run one to redo, not one to keep."""
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.csv").is_file():
+        return False
+    if not any(p.is_file() and p.stat().st_size > 0 for p in run_dir.glob(EVENTS_GLOB)):
+        return False
+    return status != Status.OK or zipfile.is_zipfile(run_dir / "weights.npz")
+
+
+def _config_differences(run_dir: Path, new: dict[str, Any], ignore: set[str]) -> dict[str, tuple[Any, Any]] | None:
+    """Dotted key → (there, here) where the run's config.yaml differs from `new`; None
+    when config.yaml is missing or damaged."""
     try:
         old, _ = read_yaml_file(run_dir / "config.yaml")
-    except OptcmpError:
-        return {"(config.yaml)": ("unreadable", "this config")}
-    return {k: v for k, v in _differences(old or {}, new).items()
+    except (OptcmpError, OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    return {k: v for k, v in _differences(old, new).items()
             if not any(k == i or k.startswith(i + ".") for i in ignore)}
 
 
@@ -78,7 +107,12 @@ def clear_experiment(exp_dir: Path) -> None:
     """`--fresh`: remove what `optcmp run` wrote here (run folders, runs.csv, summary.*,
     plan.json) and nothing else (compare.csv, report.html and foreign files stay)."""
     for path in Path(exp_dir).iterdir():
-        if path.is_dir() and ((path / "result.json").exists() or (path / "config.yaml").exists()):
+        if path.is_dir() and not path.is_symlink() and \
+                ((path / "result.json").exists() or (path / "config.yaml").exists()):
             shutil.rmtree(path)
     for name in OWN_FILES:
-        (Path(exp_dir) / name).unlink(missing_ok=True)
+        path = Path(exp_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from optcmp import stopping
 from optcmp.config import LoadedConfig
 from optcmp.errors import ConfigError, OptcmpError
-from optcmp.locking import experiment_lock
-from optcmp.results import Status, atomic_write_text, read_result, write_runs_csv
+from optcmp.locking import check_writable, experiment_lock
+from optcmp.results import Status, atomic_write_text, no_space, read_result, write_runs_csv
 from optcmp.resume import clear_experiment, kept_results  # noqa: F401 - kept_results: tests take it from here
 from optcmp.sweep import RunSpec
 from optcmp.units import Events, Execution, Unit, stand_in  # noqa: F401 - Events and Execution: the CLI takes them from here
@@ -86,8 +86,8 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     """Run every spec that has no kept result, on the chosen executor; results in plan order.
     `runs`: the specs as `preflight` resolved them (resolved here when not given).
 
-    Whatever refuses the sweep (results of another config, an executor that cannot start)
-    does so before anything is written. A stop signal
+    Whatever refuses the sweep (results of another config, an executor that cannot start,
+    a folder that cannot be written) does so before anything is written. A stop signal
     (Ctrl-C, SIGTERM; see `stopping`) at any moment stops the runs in flight, which are
     marked `interrupted`, and returns normally with `interrupted=True`, after runs.csv and
     the summary are written; so does a KeyboardInterrupt a run raised itself."""
@@ -99,10 +99,11 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None
     exp_dir = Path(exp_dir)
     with stopping.deferred():
-        kept = {} if fresh or not exp_dir.is_dir() else kept_results(exp_dir, specs)  # may refuse; reads only
+        check_writable(exp_dir)  # these refuse before anything is written: a bad folder,
+        kept = {} if fresh else kept_results(exp_dir, specs)  # results of another config,
         executor = None
         try:
-            if len(kept) < len(specs) and not stopping.requested():
+            if len(kept) < len(specs) and not stopping.requested():  # an executor that cannot start
                 from optcmp.executors import make_executor
 
                 executor = make_executor(execution, exp_dir, loaded.base_dir, events)  # may refuse (no cluster)
@@ -114,9 +115,12 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
                 handed, executor = executor, None  # _execute closes it
                 outcome = _execute(loaded, specs, exp_dir, events, execution, kept, handed,
                                    {run.spec.run_id: run for run in runs}, all_units, jobs)
-        except BaseException:
+        except BaseException as e:
             if executor is not None:
                 executor.close()
+            full = no_space(e)
+            if full is not None:
+                raise full from None
             raise
         outcome.interrupted |= stopping.requested()  # also a signal that came as the last folders were finished
     return outcome
