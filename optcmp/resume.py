@@ -2,9 +2,12 @@
 
 A run is kept when it finished (ok, diverged, pruned), its result.json is whole
 (`results.read_result`), its folder has the files a finished run has (config.yaml,
-metrics.csv, a non-empty event file, and for `ok` a readable weights.npz), and its config
-hash is this plan's. A run whose result or files are damaged is not kept: the sweep
-redoes it (its folder is emptied first).
+metrics.csv, a non-empty event file, and for `ok` a readable weights.npz), and its config is
+this plan's. "This plan's" is first asked of the config hash; where the hashes differ the
+run's config.yaml is compared with the plan's config, both with every default filled in:
+a folder written by an earlier release, whose config.yaml lacks the keys added since, is
+kept when those keys are at their defaults here. A run whose result or files are damaged
+is not kept: the sweep redoes it (its folder is emptied first).
 
 Results of another config under the same name are refused, before anything is written.
 """
@@ -47,8 +50,8 @@ def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any
         if spec is not None and result.get("config_hash") == spec.config_hash:
             kept[spec.run_id] = result
             continue
-        # Another plan's run (other seeds or sweep values of this config are fine), or a run
-        # whose config changed: compare what is not swept.
+        # Another plan's run (other seeds or sweep values of this config are fine), a run
+        # whose config changed, or one written before the config gained keys: compare.
         ignore = {"seeds"} if spec is not None else {"seeds", *swept, *result["params"]}
         diff = _config_differences(run_dir, (spec or specs[0]).config.model_dump(mode="json"), ignore)
         if diff is None:  # config.yaml damaged: nothing to compare, the run is redone if planned
@@ -57,6 +60,8 @@ def kept_results(exp_dir: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any
             conflicting_runs.append(run_dir.name)
             for key, values in diff.items():
                 conflicts.setdefault(key, values)
+        elif spec is not None and _same_role(result, spec):
+            kept[spec.run_id] = result
     if conflicts:
         raise OptcmpError(_conflict_message(exp_dir, conflicts, conflicting_runs))
     return kept
@@ -72,17 +77,35 @@ def whole(run_dir: Path, status: str) -> bool:
     return status != Status.OK or zipfile.is_zipfile(run_dir / "weights.npz")
 
 
+def _same_role(result: dict[str, Any], spec: RunSpec) -> bool:
+    """A result from before roles and variants existed is an ordinary run."""
+    return result.get("role", "run") == spec.role and result.get("variant") == spec.variant
+
+
 def _config_differences(run_dir: Path, new: dict[str, Any], ignore: set[str]) -> dict[str, tuple[Any, Any]] | None:
-    """Dotted key → (there, here) where the run's config.yaml differs from `new`; None
-    when config.yaml is missing or damaged."""
+    """Dotted key → (there, here) where the run's config.yaml differs from `new`, defaults
+    filled in on both sides; None when config.yaml is missing or damaged."""
     try:
         old, _ = read_yaml_file(run_dir / "config.yaml")
     except (OptcmpError, OSError, ValueError):
         return None
     if not isinstance(old, dict):
         return None
-    return {k: v for k, v in _differences(old, new).items()
+    return {k: v for k, v in _differences(_with_defaults(old), new).items()
             if not any(k == i or k.startswith(i + ".") for i in ignore)}
+
+
+def _with_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """The config as this release reads it (every key it has, defaults where it is
+    silent); as written where this release would not accept it."""
+    from pydantic import ValidationError
+
+    from optcmp.schema import ExperimentConfig
+
+    try:
+        return ExperimentConfig.model_validate(old).model_dump(mode="json")
+    except (ValidationError, ValueError, TypeError):
+        return old
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
