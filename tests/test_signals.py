@@ -195,3 +195,77 @@ def test_a_signal_at_a_random_moment_of_a_sweep_is_never_lost(tmp_path):
                 check_valid_end(out / "group")
     finally:
         RUNS = previous
+
+
+# --- children end with optcmp ----------------------------------------------------------
+
+
+def _board(tmp_path: Path):
+    """`optcmp board` on a folder with one run's events; returns (its process, TensorBoard's)."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    pytest.importorskip("tensorboard")
+    from optcmp.tb.logger import RunLogger
+
+    with RunLogger(tmp_path / "runs" / "a") as logger:
+        logger.scalars(0, {"train/loss": 1.0})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "board.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "optcmp", "board", str(tmp_path / "runs"), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    deadline = time.monotonic() + 60
+    while True:  # until TensorBoard listens
+        assert proc.poll() is None, (tmp_path / "board.log").read_text()
+        assert time.monotonic() < deadline, (tmp_path / "board.log").read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    (server,) = psutil.Process(proc.pid).children()
+    return proc, server, port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_tensorboard_ends_with_optcmp_board(tmp_path, sig):
+    """SIGTERM to `optcmp board` alone (not its group), or kill -9, which nothing in optcmp
+    can see: the TensorBoard server ends too (the kernel tells it, PR_SET_PDEATHSIG)."""
+    import psutil
+
+    proc, server, port = _board(tmp_path)
+    try:
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+        gone, alive = psutil.wait_procs([server], timeout=30)
+        assert not alive, f"TensorBoard (pid {server.pid}) outlived optcmp board"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if server.is_running():
+            server.kill()
+
+
+def test_board_on_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    pytest.importorskip("tensorboard")
+    (tmp_path / "runs").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["board", str(tmp_path / "runs"), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --port {port}: 127.0.0.1:{port} is in use (another TensorBoard?); " \
+                            f"give another port, e.g. --port {port + 1}\n"
