@@ -344,3 +344,25 @@ def test_results_of_another_config_are_refused_before_anything_is_written(finish
     message = one_line_error(run(config, out, "--set", "train.steps=30"))
     assert message.startswith(f"{exp} holds results of another config under the name `sweep`")
     assert tree(exp) == files  # not even the lock file
+
+
+def test_a_folder_in_use_is_one_line_naming_the_holder(write_config, tmp_path):
+    import sys
+
+    from tests.sweeps import ROOT
+
+    config, exp = write_config(SWEEP), tmp_path / "sweep"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from optcmp.locking import experiment_lock\n"
+         "with experiment_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(exp)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = tree(exp)
+        assert one_line_error(run(config, tmp_path)) == (
+            f"{exp} is in use by another optcmp run (pid {holder.pid}); wait for it to finish, "
+            "stop it (Ctrl-C, or kill with its pid), or give this config another `name` (or --out)")
+        assert tree(exp) == before  # the holder's .lock and .lock.owner, nothing of this attempt
+    finally:
+        holder.kill()
+        holder.wait()
