@@ -362,85 +362,17 @@ def board(
 ) -> None:
     """Start TensorBoard on an output folder: scalars, histograms, distributions, HParams."""
     import importlib.util
-    import subprocess
-    import sys
 
-    from optcmp import stopping
+    from optcmp.board import check_port, serve
 
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra
         err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'")
         raise typer.Exit(2)
     if not directory.is_dir():
         raise OptcmpError(f"{directory}: no such folder (give the --out folder of `optcmp run`, default runs/)")
-    _check_port(host, port)  # TensorBoard itself would exit 255 with a page of its log
+    check_port(host, port)  # TensorBoard itself would exit 255 with a page of its log
     console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
-    # Ctrl-C, SIGTERM or the end of this process, however it comes (kill -9 too), ends TensorBoard.
-    with stopping.handled():
-        proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent(os.getpid()))
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:  # SIGINT or SIGTERM: the usual way to stop it
-            _end(proc)
-            raise typer.Exit(0) from None
-    raise typer.Exit(code)
-
-
-def _check_port(host: str, port: int) -> None:
-    """Refuse, in one line, a port TensorBoard could not listen on (in use, out of range),
-    binding as its server does (SO_REUSEADDR)."""
-    import errno
-    import socket
-
-    if not 0 <= port <= 65535:
-        raise OptcmpError(f"--port {port}: a port is a number from 1 to 65535")
-    if port == 0:  # TensorBoard picks a free one
-        return
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise OptcmpError(f"--host {host}: not an address to listen on ({getattr(e, 'strerror', None) or e})") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise OptcmpError(f"--port {port}: {host}:{port} is in use (another TensorBoard?); "
-                                  f"give another port, e.g. --port {port + 1 if port < 65535 else 6006}") from None
-            raise OptcmpError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
-
-
-def _die_with_parent(parent: int):
-    """A child's preexec_fn: the kernel sends it SIGTERM when this process ends, even by
-    SIGKILL (Linux's PR_SET_PDEATHSIG); elsewhere none."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-
-    def preexec() -> None:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the call: its death was missed
-            os._exit(1)
-
-    return preexec
-
-
-def _end(proc) -> None:
-    """Stop a child (a terminal's Ctrl-C may have reached it already): SIGTERM, then SIGKILL."""
-    import subprocess
-
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    raise typer.Exit(serve(directory, host, port))
 
 
 def main() -> None:
