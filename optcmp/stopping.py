@@ -63,8 +63,9 @@ def request(signum: int = signal.SIGINT) -> None:
 def handled() -> Iterator[None]:
     """Install the handler for SIGINT and SIGTERM for the block: a stop signal raises
     KeyboardInterrupt, or inside `deferred` is only recorded. The outermost block starts
-    with no signal recorded and restores the previous handlers. Off the main thread, where
-    no handler can be installed, the block runs as it is (and `requested` stays False)."""
+    with no signal recorded, and ends forgetting it and restoring the previous handlers (so
+    a later sweep in the same process starts afresh). Off the main thread, where no handler
+    can be installed, the block runs as it is (and `requested` stays False)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -80,6 +81,7 @@ def handled() -> Iterator[None]:
         if outermost:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            _state["signal"] = None
 
 
 @contextmanager
