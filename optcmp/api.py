@@ -168,7 +168,7 @@ def summarize(exp_dir: Path, primary: str | None = None, write: bool = True, ask
     """The summary rebuilt from the run folders (what `optcmp summary` does): with `write`,
     runs.csv and summary.csv/.md/.json are rewritten, ranked by `primary` or else as the
     files were; without, nothing is written."""
-    from optcmp.results import collect_results, flatten, write_runs_csv
+    from optcmp.results import collect_results, flatten, planned_ids, write_runs_csv
     from optcmp.summary import RunTable, aggregate, write_summary
 
     exp_dir = Path(exp_dir)
@@ -177,8 +177,7 @@ def summarize(exp_dir: Path, primary: str | None = None, write: bool = True, ask
     results = collect_results(exp_dir)
     if not results:
         raise OptcmpError(f"{exp_dir}: no finished runs here (no */result.json); run `optcmp run CONFIG` first")
-    plan_ids = _read_json(exp_dir / "plan.json", [])
-    order = {r["run_id"]: i for i, r in enumerate(plan_ids)} if isinstance(plan_ids, list) else {}
+    order = {run_id: i for i, run_id in enumerate(planned_ids(exp_dir))}  # [] for a damaged plan.json
     results.sort(key=lambda r: order.get(r["run_id"], len(order)))
     if not write:
         return aggregate(RunTable.of([flatten(r) for r in results]), primary, asked_by)
@@ -208,8 +207,11 @@ class Experiment:
 
     @property
     def runs(self):
-        """runs.csv as a DataFrame: one row per run (config × seed)."""
-        return self._csv("runs.csv")
+        """runs.csv as a DataFrame: one row per run (config × seed); a damaged one is
+        rebuilt from the run folders first."""
+        from optcmp.summary import read_runs
+
+        return read_runs(self.dir)
 
     @property
     def summary(self):
@@ -269,7 +271,8 @@ class Experiment:
     def _table(self, metric: str | None):
         from optcmp.summary import aggregate, read_run_table
 
-        primary = metric or _read_json(self.dir / "summary.json", {}).get("primary")
+        written = _read_json(self.dir / "summary.json", {})
+        primary = metric or (written.get("primary") if isinstance(written, dict) else None)
         return aggregate(read_run_table(self.dir), primary)
 
     def __repr__(self) -> str:

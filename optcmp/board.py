@@ -1,82 +1,81 @@
-"""Where worker processes (`--jobs`) say how far their units are, for the driver's progress
-display: one row of numbers per planned unit, in shared memory.
+"""`optcmp board`: a TensorBoard server that ends with optcmp.
 
-A worker writes its unit's row (it is the only writer of that row); the driver only reads.
-No lock and no pipe: a worker that is stopped or killed mid-write holds nothing that the
-others or the driver would wait on, and nothing is pickled per step. A read may mix two
-updates of a row (a step count with the previous loss): it is a display.
-
-No torch at load time (a worker process sets its thread count before torch loads).
+The port is checked before TensorBoard starts, so a port in use is one line rather than
+TensorBoard's exit 255 and a page of its log. TensorBoard runs as a child that the kernel
+stops when optcmp ends, however it ends (kill -9 too: PR_SET_PDEATHSIG, Linux); Ctrl-C and
+SIGTERM stop it and end `board` with exit status 0.
 """
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import subprocess
+import sys
+from pathlib import Path
 
-# A row's fields, in order.
-FIELDS = ("state", "pid", "step", "total", "median", "best", "members")
-PENDING, RUNNING, DONE = 0, 1, 2
-_WIDTH = len(FIELDS)
-_AT = {name: i for i, name in enumerate(FIELDS)}
+from optcmp import stopping
+from optcmp.errors import OptcmpError
 
 
-@dataclass(frozen=True)
-class Row:
-    """What the board holds about one unit."""
-
-    state: int  # PENDING, RUNNING or DONE
-    pid: int  # the worker process training it (0 before it starts)
-    step: int  # optimizer steps done at its latest log point
-    total: int  # its steps in all (0 before its first log point)
-    median: float  # the median, over its members still training, of their loss at that point
-    best: float  # the lowest of those losses (NaN where none is finite)
-    members: int  # its members still training at that point
-
-
-def loss_summary(losses: Sequence[float]) -> tuple[float, float]:
-    """(median, lowest) of the finite losses; NaN, NaN where none is finite."""
-    finite = [x for x in losses if math.isfinite(x)]
-    if not finite:
-        return math.nan, math.nan
-    return statistics.median(finite), min(finite)
+def serve(directory: Path, host: str, port: int) -> int:
+    """Run TensorBoard on `directory` until it exits (its exit status) or a stop signal (0)."""
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
+    with stopping.handled():  # SIGINT and SIGTERM raise KeyboardInterrupt here
+        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent(os.getpid()))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the usual way to stop it
+            _end(proc)
+            return 0
 
 
-class Board:
-    """One row per unit of a sweep (`units` rows, in the order the executor lists them)."""
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port TensorBoard could not listen on (in use, out of range),
+    binding as its server does (SO_REUSEADDR)."""
+    import errno
+    import socket
 
-    def __init__(self, units: int, context=None) -> None:
-        self.units = units
-        self._array = (context or multiprocessing).RawArray("d", max(1, units * _WIDTH))
+    if not 0 <= port <= 65535:
+        raise OptcmpError(f"--port {port}: a port is a number from 1 to 65535")
+    if port == 0:  # TensorBoard picks a free one
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise OptcmpError(f"--host {host}: not an address to listen on ({getattr(e, 'strerror', None) or e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise OptcmpError(f"--port {port}: {host}:{port} is in use (another TensorBoard?); "
+                                  f"give another port, e.g. --port {port + 1 if port < 65535 else 6006}") from None
+            raise OptcmpError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
-    def rows(self) -> list[Row]:
-        """Every unit's row, as it stands."""
-        flat = self._array[:]
-        return [Row(int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4], flat[i + 5],
-                    int(flat[i + 6])) for i in range(0, self.units * _WIDTH, _WIDTH)]
 
-    def _write(self, index: int, **values: float) -> None:
-        base = index * _WIDTH
-        for name, value in values.items():
-            self._array[base + _AT[name]] = value
+def die_with_parent(parent: int):
+    """A child's preexec_fn: the kernel sends it SIGTERM when this process ends, even by
+    SIGKILL (Linux's PR_SET_PDEATHSIG); elsewhere none."""
+    if not sys.platform.startswith("linux"):
+        return None
 
-    def start(self, index: int, members: int) -> None:
-        """In the worker, before unit `index` trains."""
-        self._write(index, pid=os.getpid(), step=0, total=0, median=math.nan, best=math.nan, members=members)
-        self._write(index, state=RUNNING)  # last, so a running row has its pid
+    def preexec() -> None:
+        import ctypes
+        import signal
 
-    def finish(self, index: int) -> None:
-        """In the worker, once unit `index` returned (whatever became of it)."""
-        self._write(index, state=DONE)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: its death was missed
+            os._exit(1)
 
-    def reporter(self, index: int) -> Callable[[int, int, Sequence[float]], None]:
-        """The engines' progress callback (`units.Progress`) for unit `index`."""
+    return preexec
 
-        def report(step: int, total: int, losses: Sequence[float]) -> None:
-            median, best = loss_summary(losses)
-            self._write(index, step=step, total=total, median=median, best=best, members=len(losses))
 
-        return report
+def _end(proc) -> None:
+    """Stop a child (a terminal's Ctrl-C may have reached it already): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

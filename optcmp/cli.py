@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -189,6 +188,7 @@ def run(
     """Train every run of the config and write the summary (a config with tune: runs its study); a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
+    from optcmp import stopping
     from optcmp.api import load_checked, prepare
     from optcmp.progress import run_with_progress
     from optcmp.runner import Execution, experiment_dir
@@ -196,7 +196,10 @@ def run(
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
     _warn_oversubscribed(execution)
     try:
-        with _sigterm_as_interrupt():
+        # SIGTERM (`kill`, a job scheduler) stops like Ctrl-C. Before the sweep either one
+        # stops at once (nothing is written yet); from the sweep on it is recorded and
+        # acted on where every folder is whole (see optcmp.stopping): runs marked, summary written.
+        with stopping.handled():
             loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
             exp_dir = experiment_dir(out, loaded.config.name)
             if loaded.config.tune is not None or ctx.info_name == "tune":
@@ -205,11 +208,12 @@ def run(
                 raise typer.Exit(study_command(loaded, exp_dir, execution, fresh, storage, console, err_console, _imports_done))
             loaded, specs, runs = prepare(loaded)
             _imports_done()
-            outcome = run_with_progress(err_console, loaded, specs, runs, exp_dir, execution, fresh)
+            with stopping.deferred():
+                outcome = run_with_progress(err_console, loaded, specs, runs, exp_dir, execution, fresh)
+                _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary, stopping.requested)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
-    _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
 
 
 app.command("tune", help="Run a study (a config with tune:): each variant tuned with the same budget, compared on fresh seeds.")(run)
@@ -224,27 +228,9 @@ def _warn_oversubscribed(execution) -> None:
                           f"on {cores} cores: the runs will slow each other down")
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """`kill` or a job scheduler's SIGTERM stops the sweep like Ctrl-C: runs marked, summary written."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
+def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str], stopped=lambda: False) -> None:
+    """The summary table and the counts; exit 130 when the sweep was stopped (`stopped()`:
+    also by a signal that came while this was printing), 1 when runs failed."""
     from optcmp.display import title
     from optcmp.summary import aggregate, read_run_table
 
@@ -270,10 +256,13 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     if results:
         console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
         console.print(tensorboard_hint(exp_dir), soft_wrap=True)
-    if outcome.interrupted:
+    if outcome.interrupted or stopped():
         left = planned - len(results) + counts["interrupted"]
-        console.print(f"Interrupted with {left} of {planned} runs left to do; "
-                      "run the same command again to do them (finished runs are kept)")
+        if left:
+            console.print(f"Interrupted with {left} of {planned} runs left to do; "
+                          "run the same command again to do them (finished runs are kept)")
+        else:
+            console.print("Interrupted as the last runs finished: none is left to do")
         raise typer.Exit(130)
     if counts["failed"]:
         console.print(f"{counts['failed']} run(s) failed; running the same command again retries them")
@@ -345,26 +334,17 @@ def board(
 ) -> None:
     """Start TensorBoard on an output folder: scalars, histograms, distributions, HParams."""
     import importlib.util
-    import subprocess
-    import sys
+
+    from optcmp.board import check_port, serve
 
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra
         err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'")
         raise typer.Exit(2)
     if not directory.is_dir():
         raise OptcmpError(f"{directory}: no such folder (give the --out folder of `optcmp run`, default runs/)")
+    check_port(host, port)  # TensorBoard itself would exit 255 with a page of its log
     console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(cmd)
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:  # the usual way to stop it; a terminal's Ctrl-C reached TensorBoard too
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait()
-        raise typer.Exit(0) from None
+    raise typer.Exit(serve(directory, host, port))
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ from optcmp.data import batch_size_of, epoch_batches, shuffle_generator, steps_p
 from optcmp.errors import OptcmpError
 from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
-from optcmp.results import Status
+from optcmp.results import Status, no_space
+from optcmp import stopping
 from optcmp.rundir import RunFolder, in_threads
 from optcmp.tb.logger import log_histograms
 from optcmp.units import Progress, ShouldStop
@@ -197,6 +198,7 @@ class Loop:
             for k in range(len(batches[0])):
                 if step >= total or not self.open():
                     break
+                stopping.check()  # a stop signal ends the members still training here, between two steps
                 log_step = not self.by_epoch and (step % every == 0 or step == total - 1)
                 # the weights after the step's update, the last step's (the final weights) too
                 hist_step = hist_every > 0 and not self.by_epoch and (step % hist_every == 0 or step == total - 1)
@@ -332,25 +334,43 @@ def execute_members(runs: list[ResolvedRun], exp_dir: Path, engine: str, device:
                     build: Callable[[], tuple[Members, int]], progress: Progress | None = None,
                     should_stop: ShouldStop | None = None) -> list[dict[str, Any]]:
     """Prepare the runs' folders, build the members (`build()` → members and the training
-    set's size), train them, and record how each ended; returns their results, in order."""
+    set's size), train them, and record how each ended; returns their results, in order.
+
+    A stop signal (see `stopping`) is looked for once the folders are prepared, once the
+    members are built and before each step: the runs still training are then recorded
+    `interrupted`; ones that had finished keep their result."""
     folders = in_threads(lambda run: RunFolder(run, exp_dir, engine, device), runs)
     start = time.perf_counter()
     share = lambda: (time.perf_counter() - start) / len(runs)  # noqa: E731
     try:
+        stopping.check()
         members, n_train = build()
+        stopping.check()
         Loop(members, folders, device, n_train, progress, should_stop).run()
     except KeyboardInterrupt:
-        for f in folders:
-            if not f.done:
-                f.interrupt(share())
+        seconds = share()
+        in_threads(lambda f: f.interrupt(seconds), [f for f in folders if not f.done])
     except OptcmpError:
-        for f in folders:
-            if not f.done:
-                f.abandon()
+        _abandon(folders)
         raise
     except Exception as e:  # noqa: BLE001 - a run that raises must not stop the sweep
+        full = no_space(e)  # ... unless the disk is full: every run after it would fail too
+        if full is not None:
+            _abandon(folders)
+            raise full from None
         text = traceback.format_exc()
         for f in folders:
             if not f.done:
                 f.fail(e, text, share())
     return [f.result for f in folders]
+
+
+def _abandon(folders: list[RunFolder]) -> None:
+    """No result for the runs still open (they are redone next time); closing a logger on a
+    full disk may fail again, which changes nothing."""
+    for f in folders:
+        if not f.done:
+            try:
+                f.abandon()
+            except Exception:  # noqa: BLE001
+                pass

@@ -40,7 +40,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column, Table
 from rich.text import Text
 
-from optcmp.board import DONE, PENDING, Board, loss_summary
+from optcmp.progress_board import DONE, PENDING, Board, loss_summary
 from optcmp.units import Events, Unit
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import pandas as pd
 from optcmp.compare import compare_configs, higher_is_better, ok_runs
 from optcmp.display import html_summary, title, with_uncertainty
 from optcmp.errors import OptcmpError
-from optcmp.results import atomic_write_text
+from optcmp.results import atomic_write_text, planned_ids
 from optcmp.summary import RunTable, aggregate, default_primary, mean_ci, read_runs
 
 # The PNGs reports wrote beside report.html before it embedded its images; removed so that
@@ -97,10 +97,7 @@ def _ranking_metric(directory: Path, runs: pd.DataFrame) -> str:
 
 def _planned(directory: Path) -> list[str]:
     """The run ids of the last `optcmp run`'s plan, so an interrupted sweep shows what is missing."""
-    try:
-        return [r["run_id"] for r in json.loads((directory / "plan.json").read_text())]
-    except (OSError, ValueError, TypeError, KeyError):  # no plan (an older or copied folder), or a foreign one
-        return []
+    return planned_ids(directory)  # [] without a plan (an older or copied folder), or a damaged one
 
 
 def read_metrics(path: Path) -> pd.DataFrame:

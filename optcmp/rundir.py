@@ -77,8 +77,10 @@ class RunFolder:
         self.dir = Path(exp_dir) / run.spec.run_id
         self.result = base_result(run, engine, str(device))
         self.result["param_groups"] = run.groups_record
-        if self.dir.exists():  # a rerun never appends to old events
+        if self.dir.is_dir() and not self.dir.is_symlink():  # a rerun never appends to old events
             shutil.rmtree(self.dir)
+        elif self.dir.is_symlink() or self.dir.exists():  # a file, or a link, in the run folder's place
+            self.dir.unlink()
         self.dir.mkdir(parents=True)
         text = dump_yaml(run.config.model_dump(mode="json"))
         atomic_write_text(self.dir / "config.yaml", text)

@@ -17,7 +17,7 @@ from optcmp.errors import OptcmpError
 from optcmp.results import Status, write_result
 
 if TYPE_CHECKING:
-    from optcmp.board import Board
+    from optcmp.progress_board import Board
     from optcmp.resolve import ResolvedRun
     from optcmp.sweep import RunSpec
 

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 from rich.file_proxy import FileProxy
 
-from optcmp.board import DONE, Board
+from optcmp.progress_board import DONE, Board
 from optcmp.config import load_config
 from optcmp.executors import ProcessExecutor, start_method
 from optcmp.progress import SweepProgress, clock_text, loss_text, unit_label
