@@ -143,5 +143,7 @@ def test_kill_minus_9_at_random_moments(tmp_path, reference):
             break
         time.sleep(0.1)
     assert proc.returncode == 0, proc.stdout.read().decode()
-    assert len(progress) >= 3 and 0 < progress[-2] < 28, progress  # killed in the middle of it, more than once
+    # killed more than once, at least once in the middle of training (a kill may also land after the
+    # last run finished, while the study writes its tables: that resume must recover too)
+    assert len(progress) >= 3 and any(0 < p < 28 for p in progress[:-1]), progress
     check_equal(exp, reference)
