@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from optcmp import stopping
+import optcmp.stopping as stopping
 from optcmp.errors import OptcmpError
 
 

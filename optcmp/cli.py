@@ -188,7 +188,7 @@ def run(
     """Train every run of the config and write the summary (a config with tune: runs its study); a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
-    from optcmp import stopping
+    import optcmp.stopping as stopping
     from optcmp.api import load_checked, prepare
     from optcmp.progress import run_with_progress
     from optcmp.runner import Execution, experiment_dir

@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from optcmp import stopping
+import optcmp.stopping as stopping
 from optcmp.progress_board import Board
 from optcmp.engines import run_unit
 from optcmp.errors import OptcmpError

@@ -33,7 +33,7 @@ from optcmp.errors import OptcmpError
 from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
 from optcmp.results import Status, no_space
-from optcmp import stopping
+import optcmp.stopping as stopping
 from optcmp.rundir import RunFolder, in_threads
 from optcmp.tb.logger import log_histograms
 from optcmp.units import Progress, ShouldStop

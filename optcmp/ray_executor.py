@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from optcmp import reaper, stopping
+import optcmp.reaper as reaper
+import optcmp.stopping as stopping
 from optcmp.engines import run_unit
 from optcmp.errors import OptcmpError
 from optcmp.results import Status, atomic_write_bytes

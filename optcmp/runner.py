@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optcmp import stopping
+import optcmp.stopping as stopping
 from optcmp.config import LoadedConfig
 from optcmp.errors import ConfigError, OptcmpError
 from optcmp.locking import check_writable, experiment_lock
@@ -66,7 +66,7 @@ def preflight(loaded: LoadedConfig, specs: list[RunSpec]) -> list[ResolvedRun]:
 
 def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1) -> list[Unit]:
     """The work units of `runs` (see `planning.plan_units`)."""
-    from optcmp import planning
+    import optcmp.planning as planning
 
     return planning.plan_units(runs, engine, jobs)
 
