@@ -85,13 +85,17 @@ def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Override
 
 
 def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
-            imports: bool = True):
+            imports: bool = True, engine: str = "auto"):
     """`load_specs`, then build every run once without training (the preflight, dry step
-    included): (LoadedConfig, [RunSpec], [ResolvedRun])."""
+    included): (LoadedConfig, [RunSpec], [ResolvedRun]), without the chaos probes of
+    `summary.chaos: auto` that `engine` would train one by one (`planning.cheap_probes`)."""
+    from optcmp.planning import cheap_probes
     from optcmp.runner import preflight
 
     loaded, specs = load_specs(config, overrides, sweeps, name, imports)
-    return loaded, specs, preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    kept = {run.spec.run_id for run in runs}
+    return loaded, [s for s in specs if s.run_id in kept], runs
 
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
@@ -108,7 +112,7 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
-    loaded, specs, runs = prepare(config, overrides, sweeps, name, imports)
+    loaded, specs, runs = prepare(config, overrides, sweeps, name, imports, engine)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
     events = Events() if quiet else Events(run_end=_say_run)
     outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)

@@ -106,6 +106,7 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 
     from optcmp.api import load_specs
     from optcmp.config import import_paths
+    from optcmp.planning import cheap_probes
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
@@ -115,7 +116,8 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     if paths:  # before preflight imports them
         console.print("import paths (they run code; --no-imports refuses them): "
                       + ", ".join(f"{k} = {p}" for k, p in paths), soft_wrap=True)
-    runs = preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    specs = [r.spec for r in runs]
     _imports_done()
     units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
@@ -194,7 +196,7 @@ def run(
     _warn_oversubscribed(execution)
     try:
         with _sigterm_as_interrupt():
-            loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
+            loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports, engine=engine)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
             outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
@@ -285,9 +287,11 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
     kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
+    probes = sum(r.get("role") == "ulp" for r in results)
+    probed = f" ({probes} chaos probe{'s' if probes != 1 else ''})" if probes else ""
     console.print(
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
-        + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
+        + probed + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
     )
     troubled = [r for r in results if r["status"] in ("failed", "diverged")]
     for r in troubled[:10]:

@@ -161,12 +161,15 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     Ctrl-C (KeyboardInterrupt) stops the runs in flight, marks them `interrupted` and
     returns normally with `interrupted=True`, after runs.csv and the summary are written."""
     from optcmp.executors import make_executor
+    from optcmp.planning import cheap_probes
     from optcmp.summary import write_summary
 
     events = events or Events()
     execution = execution or Execution()
     jobs = execution.jobs if execution.executor == "local" else 1
     runs = runs if runs is not None else preflight(loaded, specs)
+    if len(runs) != len(cheap := cheap_probes(runs, execution.engine)):  # as api.prepare plans them
+        runs, specs = cheap, [run.spec for run in cheap]
     by_id = {run.spec.run_id: run for run in runs}
     # --engine vectorized may refuse: before anything is written
     all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None
