@@ -344,18 +344,22 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
             metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
-    """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
-    from optcmp.compare import write_compare
-    from optcmp.display import compare_table
+    """Test whether configs really differ or only by seed noise; write compare.csv (no training).
+
+    First what the seeds allow (one seed: no noise estimate; a chaotic metric, from the chaos
+    probes), then one line per pair: its verdict and, where it is not significant, the smallest
+    difference its seeds could detect."""
+    from optcmp.compare import compare_notes, read_runs, write_compare
+    from optcmp.compare_view import compare_lines, compare_table
 
     _imports_done()
     frame = write_compare(exp_dir, metric, baseline)
     if frame.empty:
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
-    for sentence in frame["sentence"]:
-        console.print(f"• {sentence}", soft_wrap=True)  # one line each: quotable, greppable
-    console.print(compare_table(frame))
+    for line in compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0])):
+        console.print(line, soft_wrap=True)
+    console.print(compare_table(frame, console.width))
     console.print(f"Written {exp_dir / 'compare.csv'}")
 
 

@@ -313,8 +313,14 @@ def markdown(table) -> str:
     body = ["| " + " | ".join(c.cells[i].replace("|", "\\|") for c in cols) + " |" for i in range(len(table.rows))]
     ranked = f"Ranked by {table.ranked_by} (mean over seeds)" if table.ranked_by else "Not ranked"
     note = f"{ranked}; ± is the standard deviation over seeds, n the seeds that finished ok; 95% intervals in summary.csv.\n"
-    notes_ = "".join(f"\n{n[0].upper()}{n[1:]}.\n" for n in table.notes)
+    notes_ = "".join(f"\n{_sentence_case(n)}.\n" for n in table.notes)
     return "\n".join([head, sep, *body]) + "\n\n" + note + notes_
+
+
+def _sentence_case(note: str) -> str:
+    """A note as a sentence: capitalized, unless it begins with a metric's name (`val_loss is …`)."""
+    first = note.split(" ", 1)[0]
+    return note if "_" in first else note[:1].upper() + note[1:]
 
 
 # --- drawing (rich) -----------------------------------------------------------------
@@ -417,23 +423,3 @@ def html_summary(table, width: int | None = None, more: str = "every column belo
     if layout is None:
         return html_table(wide_layout(table).columns)
     return html_table(layout.columns) + "".join(f'<p class="note">{html.escape(line)}</p>' for line in notes(layout, width, more))
-
-
-def compare_table(frame):
-    """`compare`'s rows as a rich Table (the sentences are printed apart, one line each)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    def num(x) -> str:
-        return "–" if x != x else f"{x:.3g}"  # x != x: NaN, where a test was not possible
-
-    title = f"{frame['metric'].iloc[0]}: paired where configs share seeds, Holm-corrected"
-    table = Table(title=Text(title), header_style="bold")
-    for col in ("a", "b", "test", "n", "mean a", "mean b", "rel. diff", "effect d", "p", "p (Holm)", ""):
-        table.add_column(col, justify="left" if col in ("a", "b", "test") else "right")
-    for r in frame.itertuples(index=False):
-        n = str(r.n_pairs) if r.n_pairs else f"{r.n_a}/{r.n_b}"
-        rel = "–" if r.rel_diff != r.rel_diff else f"{r.rel_diff:+.1%}"
-        table.add_row(*map(Text, (r.config_a, r.config_b, r.test, n, num(r.mean_a), num(r.mean_b), rel,
-                                  num(r.effect_size), num(r.p_value), num(r.p_holm), "*" if r.significant else "")))
-    return table
