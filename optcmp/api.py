@@ -109,13 +109,18 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     `sweeps`: `["optimizer.weight_decay=0.01,0.1"]` or `{"optimizer.weight_decay": [0.01, 0.1]}`
     (as `--sweep`). Failed runs are in `.runs` with status `failed`; Ctrl-C stops the sweep
     (runs.csv and the summary are written first) and raises KeyboardInterrupt."""
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
     loaded, specs, runs = prepare(config, overrides, sweeps, name, imports, engine)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
     events = Events() if quiet else Events(run_end=_say_run)
-    outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)
+    # the sweep, or with seeds: auto its rounds (their decisions printed unless quiet)
+    outcome, _ = run_experiment(
+        loaded.config.seeds_auto, runs, exp_dir,
+        lambda planned, first: run_sweep(loaded, [r.spec for r in planned], exp_dir, events, execution, fresh and first, planned),
+        loaded.config.summary.primary, (lambda line: None) if quiet else print)
     experiment = Experiment(exp_dir)
     if not quiet and outcome.results:
         experiment.show()

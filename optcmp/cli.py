@@ -105,6 +105,7 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     from rich.table import Table
 
     from optcmp.api import load_specs
+    from optcmp.autoseeds import describe
     from optcmp.config import import_paths
     from optcmp.planning import cheap_probes
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
@@ -122,7 +123,8 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(dict.fromkeys(k for s in specs for k in s.params))  # a variant's own axes: its runs only
-    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
+    auto = loaded.config.seeds_auto  # seeds: auto lists every seed it may train
+    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold", caption=auto and describe(auto))
     for col in ["run_id", *keys, "seed"]:
         table.add_column(col)
     for s in specs:
@@ -190,6 +192,7 @@ def run(
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
     from optcmp.api import prepare
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
@@ -199,11 +202,14 @@ def run(
             loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports, engine=engine)
             _imports_done()
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
+            outcome, planned = run_experiment(  # the sweep, or with seeds: auto its rounds, each decision said
+                loaded.config.seeds_auto, runs, exp_dir, lambda planned, first: _run_with_progress(
+                    loaded, [r.spec for r in planned], exp_dir, execution, fresh and first, planned, resuming=first),
+                loaded.config.summary.primary, lambda line: console.print(line, soft_wrap=True))
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
-    _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
+    _finish(exp_dir, outcome, planned, loaded.config.summary.primary)
 
 
 def _warn_oversubscribed(execution) -> None:
@@ -235,7 +241,7 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
+def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None, resuming: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from optcmp.runner import Events, run_sweep
@@ -253,7 +259,7 @@ def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, run
 
         def plan(todo, kept):
             progress.update(runs_task, completed=len(kept))
-            if kept:
+            if kept and resuming:  # not a later round of this attempt (seeds: auto)
                 progress.console.print(
                     f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
                     f"{len(todo)} to run (--fresh starts over)", soft_wrap=True)
@@ -286,12 +292,12 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     counts = {s.value: sum(r["status"] == s for r in results) for s in Status}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
-    kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
     probes = sum(r.get("role") == "ulp" for r in results)
-    probed = f" ({probes} chaos probe{'s' if probes != 1 else ''})" if probes else ""
+    said = [f"{probes} chaos probe{'s' if probes != 1 else ''}"] * bool(probes) + [f"{len(outcome.kept)} kept from an earlier attempt"] * bool(outcome.kept)
+    kept = f" ({'; '.join(said)})" if said else ""
     console.print(
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
-        + probed + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
+        + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
     )
     troubled = [r for r in results if r["status"] in ("failed", "diverged")]
     for r in troubled[:10]:
@@ -344,11 +350,7 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
             metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
-    """Test whether configs really differ or only by seed noise; write compare.csv (no training).
-
-    First what the seeds allow (one seed: no noise estimate; a chaotic metric, from the chaos
-    probes), then one line per pair: its verdict and, where it is not significant, the smallest
-    difference its seeds could detect."""
+    """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
     from optcmp.compare import compare_notes, read_runs, write_compare
     from optcmp.compare_view import compare_lines, compare_table
 
@@ -357,7 +359,7 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
     if frame.empty:
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
-    for line in compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0])):
+    for line in compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0]), exp_dir):
         console.print(line, soft_wrap=True)
     console.print(compare_table(frame, console.width))
     console.print(f"Written {exp_dir / 'compare.csv'}")

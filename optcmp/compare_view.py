@@ -5,13 +5,18 @@ inside the functions that draw."""
 from __future__ import annotations
 
 from optcmp.display import Column, rich_table, table_width
+from optcmp.summary import read_rounds
 
 
-def compare_lines(frame, notes: list[str]) -> list[str]:
-    """The lines before the table: `notes` (`compare.compare_notes`), then "• " and each pair's
-    sentence, with its `power_sentence` after it where the pair is not significant. One line
-    each: quotable, greppable."""
+def compare_lines(frame, notes: list[str], exp_dir=None) -> list[str]:
+    """The lines before the table: `notes` (`compare.compare_notes`), what `seeds: auto` decided
+    where it chose the seeds of `exp_dir`, then "• " and each pair's sentence, with its
+    `power_sentence` after it where the pair is not significant. One line each: quotable, greppable."""
     lines = list(notes)
+    rounds = None if exp_dir is None else read_rounds(exp_dir)
+    if rounds is not None:
+        lines.append(f"seeds: auto chose these {rounds.get('seeds')} seeds: {rounds.get('sentence')}; its verdicts "
+                     "(rounds.json) hold that error rate, the tests below are one more look at alpha 0.05")
     for row in frame.itertuples(index=False):
         power = f"; {row.power_sentence}" if row.power_sentence and not row.significant else ""
         lines.append(f"• {row.sentence}{power}")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from optcmp.resolve import ResolvedRun
 
 SUMMARY_EVERY_S = 10.0  # the summary costs ~30 ms for 200 runs: refresh it now and then, not per run
-OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json")
+OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json", "rounds.json")
 
 
 @dataclass

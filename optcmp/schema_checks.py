@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from optcmp.autoseeds import is_auto, max_seeds
 from optcmp.space import MAX_GRID, space_key_problem
 from optcmp.values import did_you_mean, keyed, shown
 
@@ -68,7 +69,8 @@ def run_count(data: dict[str, Any]) -> tuple[int, int, int]:
     (per variant: the shared axes and the variant's own) × seeds, plus the chaos probes.
     Nothing is expanded; malformed parts count as one (their own errors come later)."""
     seeds = data.get("seeds", [0])
-    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else _length(seeds)
+    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else \
+        max_seeds(seeds) if is_auto(seeds) else _length(seeds)  # seeds: auto counts the most it may train
     sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
     shared = math.prod(_length(v) for k, v in sweep.items() if not str(k).startswith("optimizers.") and k != "variant")
     variants = data.get("optimizers") if isinstance(data.get("optimizers"), dict) else {}
