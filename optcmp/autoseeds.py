@@ -37,12 +37,15 @@ def design_of(value: Any) -> SequentialDesign:
     if value == "auto":
         options: Any = {}
     else:
+        if "auto" not in value:
+            raise keyed("seeds", f"expected a list of seeds, a count, auto or {{auto: {{first: 3, per_round: 3, rounds: 4}}}}, "
+                        f"{got(value)}")
         for key in value:
             if key != "auto":
                 raise keyed(f"seeds.{key}", f"unknown key{did_you_mean(key, ['auto'])}; allowed: auto "
                             "(seeds: {auto: {first: 3, per_round: 3, rounds: 4}}), or give seeds as a list or a count")
         options = value.get("auto")
-        options = {} if options is None or options == "auto" else options
+        options = {} if options is None else options
     if not isinstance(options, dict):
         raise keyed("seeds.auto", f"expected a mapping of {', '.join(DEFAULTS)} (or nothing, for the defaults), "
                     f"{got(options)}")

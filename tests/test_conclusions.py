@@ -118,3 +118,22 @@ def test_the_report_says_the_notes_and_clips_the_interval_to_the_metrics_range(t
     said, _ = _verdict(one_seed, aggregate(one_seed, "val_loss"))
     assert said.startswith('<p class="note">one seed: no noise estimate, configs are not ranked.</p>')
     assert "Best by" not in said and "<b>No comparison</b> in val_loss" in said
+
+
+def test_the_end_of_a_run_computes_no_compare_statistics(write_config, tmp_path):
+    """The summary is written after every run: chaos ratios and intervals only, no pandas, no
+    scipy.stats (what `compare` and `seeds: auto` need)."""
+    import subprocess
+    import sys
+
+    path = write_config("name: cheap\nseeds: 2\ndevice: cpu\nmodel: {kind: mlp, hidden: [4]}\ndata: {kind: quadratic}\n"
+                        "train: {steps: 5}\nsweep: {optimizer.lr: [0.1, 0.01]}\nlog: {every: 5, histograms: {every: 0}}\n")
+    code = ("import sys; from optcmp.cli import app\n"
+            f"try: app(['run', {str(path)!r}, '--out', {str(tmp_path)!r}])\n"
+            "except SystemExit as e: assert not e.code, e.code\n"
+            "print(sorted(m for m in ('pandas', 'scipy.stats', 'optcmp.compare') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "6 of 6 runs: 6 ok (2 chaos probes)" in done.stdout
+    assert "chaotic" in (tmp_path / "cheap" / "summary.json").read_text()  # the probes' ratios were computed

@@ -51,7 +51,8 @@ def error_of(write_config, text: str, sets=()) -> str:
     ("{auto: {alpha: 1}}", "CFG:9: seeds.auto.alpha: expected a number in (0, 1), the error rate over all rounds, got 1"),
     ("{auto: 3}", "CFG:9: seeds.auto: expected a mapping of first, per_round, rounds, margin, alpha (or nothing, "
                   "for the defaults), got 3"),
-    ("{atuo: {}}", "CFG:9: seeds.atuo: unknown key (did you mean `auto`?); allowed: auto (seeds: {auto: {first: 3, "
+    ("{}", "CFG:9: seeds: expected a list of seeds, a count, auto or {auto: {first: 3, per_round: 3, rounds: 4}}, got {}"),
+    ("{atuo: {}, auto: {}}", "CFG:9: seeds.atuo: unknown key (did you mean `auto`?); allowed: auto (seeds: {auto: {first: 3, "
                    "per_round: 3, rounds: 4}}), or give seeds as a list or a count"),
 ])
 def test_a_bad_design_is_one_line_naming_the_key(write_config, seeds, message):
