@@ -374,7 +374,9 @@ def summary_view(table, width: int, wide: bool = False, title: str | None = None
     from rich.text import Text
 
     heading = [Text(title, style="bold")] if title else []
-    said = [Text(line) for note in table.notes for line in textwrap.wrap(note, width, subsequent_indent="  ")]
+    # "2.2 %" stays on one line: wrapped with a no-break space, shown with a space
+    said = [Text(line.replace("\u00a0", " ")) for note in table.notes
+            for line in textwrap.wrap(note.replace(" %", "\u00a0%"), width, subsequent_indent="  ")]
     if wide:
         return Group(*heading, rich_table(wide_layout(table).columns), *said)
     layout = narrow_layout(table, lambda cols: table_width(cols) <= width)

@@ -135,7 +135,7 @@ def _conflict_message(exp_dir: Path, conflicts: dict[str, tuple[Any, Any]], runs
 
 def clear_experiment(exp_dir: Path) -> None:
     """`--fresh`: remove what `optcmp run` wrote here (run folders, runs.csv, summary.*,
-    plan.json) and nothing else (compare.csv, report.html and foreign files stay)."""
+    plan.json, rounds.json) and nothing else (compare.csv, report.html and foreign files stay)."""
     for path in Path(exp_dir).iterdir():
         if path.is_dir() and ((path / "result.json").exists() or (path / "config.yaml").exists()):
             shutil.rmtree(path)
