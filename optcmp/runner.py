@@ -168,8 +168,9 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     execution = execution or Execution()
     jobs = execution.jobs if execution.executor == "local" else 1
     runs = runs if runs is not None else preflight(loaded, specs)
-    if len(runs) != len(cheap := cheap_probes(runs, execution.engine)):  # as api.prepare plans them
-        runs, specs = cheap, [run.spec for run in cheap]
+    runs = cheap_probes(runs, execution.engine)  # as api.prepare plans them (there, already done)
+    planned = {run.spec.run_id for run in runs}
+    specs = [s for s in specs if s.run_id in planned]
     by_id = {run.spec.run_id: run for run in runs}
     # --engine vectorized may refuse: before anything is written
     all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None

@@ -21,10 +21,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from optcmp.autoseeds import design_of, is_auto
-from optcmp.stats import SequentialDesign
-
 from optcmp.schema_checks import DEFAULT_MAX_RUNS, check_experiment, inherit_defaults
 from optcmp.space import Distribution
+from optcmp.stats import SequentialDesign
 from optcmp.values import did_you_mean, got, interval, is_number, keyed, shown, within
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
