@@ -277,11 +277,12 @@ def narrow_layout(table, fits) -> Layout | None:
 
 def _wrap(entries: list[str], width: int, first: str = "", indent: str = "  ", sep: str = " · ") -> list[str]:
     """Entries joined by `sep` into lines of at most `width` (after `first`, then `indent`),
-    never breaking an entry."""
+    never breaking an entry; a comma separator stays at the end of a broken line."""
     lines, line, empty = [], first, True
+    end = sep.rstrip() if sep.strip() == "," else ""
     for entry in entries:
-        if len(line) + len(sep) * (not empty) + len(entry) > width and line.strip():
-            lines.append(line.rstrip())
+        if len(line) + len(sep) * (not empty) + len(entry) + len(end) > width and line.strip():
+            lines.append(line.rstrip() + (end if not empty else ""))
             line, empty = indent, True
         line += ("" if empty else sep) + entry
         empty = False
