@@ -348,18 +348,19 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
 @app.command()
 def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
-            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
+            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: best_val_loss where there is a validation split, else best_train_loss)."),
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
     """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
     from optcmp.compare import compare_notes, read_runs, write_compare
-    from optcmp.compare_view import compare_lines, compare_table
+    from optcmp.compare_view import compare_lines, compare_table, wrapped
 
     _imports_done()
     frame = write_compare(exp_dir, metric, baseline)
     if frame.empty:
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
-    for line in compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0]), exp_dir):
+    lines = compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0]), exp_dir)
+    for line in wrapped(lines, console.width):
         console.print(line, soft_wrap=True)
     console.print(compare_table(frame, console.width))
     console.print(f"Written {exp_dir / 'compare.csv'}")

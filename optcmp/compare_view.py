@@ -11,7 +11,8 @@ from optcmp.summary import read_rounds
 def compare_lines(frame, notes: list[str], exp_dir=None) -> list[str]:
     """The lines before the table: `notes` (`compare.compare_notes`), what `seeds: auto` decided
     where it chose the seeds of `exp_dir`, then "• " and each pair's sentence, with its
-    `power_sentence` after it where the pair is not significant. One line each: quotable, greppable."""
+    `power_sentence` after it where the pair is not significant. One line each (`wrapped` fits them
+    to a terminal)."""
     lines = list(notes)
     rounds = None if exp_dir is None else read_rounds(exp_dir)
     if rounds is not None:
@@ -21,6 +22,17 @@ def compare_lines(frame, notes: list[str], exp_dir=None) -> list[str]:
         power = f"; {row.power_sentence}" if row.power_sentence and not row.significant else ""
         lines.append(f"• {row.sentence}{power}")
     return lines
+
+
+def wrapped(lines: list[str], width: int) -> list[str]:
+    """`lines` as the terminal shows them: each wrapped at `width` between words, its
+    continuation indented by two spaces, "2.2 %" never broken (compare.csv keeps each
+    sentence whole)."""
+    import textwrap
+
+    return [part.replace("\u00a0", " ") for line in lines
+            for part in textwrap.wrap(line.replace(" %", "\u00a0%"), width, subsequent_indent="  ",
+                                      break_on_hyphens=False) or [""]]
 
 
 def compare_table(frame, width: int | None = None):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from optcmp import cli
 from optcmp.cli import app
 from optcmp.compare import compare_configs
 from optcmp.compare_view import compare_table
@@ -73,7 +74,9 @@ def test_compare_prints_its_notes_then_each_pair_with_what_its_seeds_can_detect(
     frame = compare_configs(runs, "val_loss")
     result = runner.invoke(app, ["compare", str(exp), "--metric", "val_loss"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    printed = result.output.splitlines()
+    assert max(map(len, printed)) <= cli.console.width  # wrapped between words (captured: 200 columns)
+    lines = unwrapped(printed)
     assert lines[0].startswith("val_loss is chaotic in a: a 1-ulp perturbation of seed 0 moved it by ")
     pairs = [line for line in lines if line.startswith("• ")]
     assert len(pairs) == 3
@@ -84,6 +87,25 @@ def test_compare_prints_its_notes_then_each_pair_with_what_its_seeds_can_detect(
             assert line == f"• {row.sentence}; {row.power_sentence}"
             assert row.power_sentence.startswith("n=5 paired seeds cannot tell apart differences below ")
     assert frame["significant"].tolist().count(False) >= 1 and frame["significant"].any()
+
+
+def unwrapped(lines: list[str]) -> list[str]:
+    """Printed lines with each continuation ("  …", as compare_view.wrapped indents it) joined
+    back to its line: the sentences as compare.csv has them."""
+    whole: list[str] = []
+    for line in lines:
+        if line.startswith("  ") and whole and not line.startswith("  " * 2):
+            whole[-1] += " " + line[2:]
+        else:
+            whole.append(line)
+    return whole
+
+
+def test_wrapped_breaks_between_words_and_keeps_a_percentage_whole():
+    from optcmp.compare_view import wrapped
+
+    assert wrapped(["• a moved it by 2.2 % of the spread"], 16) == ["• a moved it by", "  2.2 % of the", "  spread"]
+    assert wrapped(["short", ""], 80) == ["short", ""]
 
 
 def test_the_compare_table_shows_effect_r_for_rank_tests_and_the_diverged_runs():
