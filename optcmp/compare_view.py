@@ -24,14 +24,17 @@ def compare_lines(frame, notes: list[str], exp_dir=None) -> list[str]:
     return lines
 
 
-def wrapped(lines: list[str], width: int) -> list[str]:
+def wrapped(lines: list[str], width: int, hang: int = 2) -> list[str]:
     """`lines` as the terminal shows them: each wrapped at `width` between words, its
-    continuation indented by two spaces, "2.2 %" never broken (compare.csv keeps each
-    sentence whole)."""
+    continuation indented `hang` spaces more than the line, "2.2 %" never broken (compare.csv
+    keeps each sentence whole)."""
     import textwrap
 
+    def indent(line: str) -> str:
+        return line[:len(line) - len(line.lstrip(" "))] + " " * hang
+
     return [part.replace("\u00a0", " ") for line in lines
-            for part in textwrap.wrap(line.replace(" %", "\u00a0%"), width, subsequent_indent="  ",
+            for part in textwrap.wrap(line.replace(" %", "\u00a0%"), width, subsequent_indent=indent(line),
                                       break_on_hyphens=False) or [""]]
 
 

@@ -84,7 +84,8 @@ def seeds_until(runs: pd.DataFrame, design: SequentialDesign, metric: str | None
             key = frozenset((row["config_a"], row["config_b"]))
             if key in verdicts and verdicts[key].state != "undecided":
                 continue
-            state, sentence = "undecided", row["power_sentence"] or row["sentence"]
+            state = "undecided"  # which pair, then what its seeds could have detected
+            sentence = "; ".join(s for s in (row["sentence"], row["power_sentence"]) if s)
             if row["significant"]:
                 state, sentence = "different", row["sentence"]
             elif design.margin is not None and _equivalent(row, design.margin, level):

@@ -106,6 +106,7 @@ def test_wrapped_breaks_between_words_and_keeps_a_percentage_whole():
 
     assert wrapped(["• a moved it by 2.2 % of the spread"], 16) == ["• a moved it by", "  2.2 % of the", "  spread"]
     assert wrapped(["short", ""], 80) == ["short", ""]
+    assert wrapped(["  undecided: one two three"], 16) == ["  undecided: one", "    two three"]
 
 
 def test_the_compare_table_shows_effect_r_for_rank_tests_and_the_diverged_runs():

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import optcmp
+from optcmp import cli
 from optcmp.cli import app
 from optcmp.config import load_config
 from optcmp.errors import OptcmpError
@@ -79,6 +80,11 @@ def test_the_design_expands_to_every_seed_it_may_train(write_config):
     assert specs[0].config_hash == expand(fixed)[0].config_hash
 
 
+def flat(text: str) -> str:
+    """`text` with its line breaks and indents as single spaces: a sentence however it was wrapped."""
+    return " ".join(text.split())
+
+
 def run(path, out, *extra):
     result = runner.invoke(app, ["run", str(path), "--out", str(out), *map(str, extra)])
     assert result.exit_code == 0, result.output
@@ -97,18 +103,22 @@ def test_a_large_effect_stops_after_the_first_round_as_different(write_config, t
     guarantee = ("the chance of calling any two equal configs different is at most 0.05 over all 2 rounds "
                  "(each round tests at 0.025, Holm over the pairs)")
     assert rounds["sentence"] == "stop: every pair is settled; " + guarantee and rounds["guarantee"] == guarantee
-    assert ("round 1 of 2 (3 seeds, each pair tested at 0.025, Holm over the pairs): stop: every pair is settled; "
-            + guarantee) in output
-    assert f"  different: {pair['sentence']}" in output
+    lines = output.splitlines()
+    assert max(map(len, lines)) <= cli.console.width  # wrapped between words (captured: 200 columns)
+    start = lines.index("round 1 of 2 (3 seeds, each pair tested at 0.025, Holm over the pairs): stop: every pair is "
+                        "settled; the chance of calling any two equal configs different is at most 0.05 over all 2 "
+                        "rounds (each round")
+    assert lines[start + 1] == "    tests at 0.025, Holm over the pairs)"
+    assert flat(f"  different: {pair['sentence']}") in flat(output)
     runs = pd.read_csv(exp / "runs.csv")
     assert sorted(set(runs["seed"])) == [0, 1, 2] and len(runs) == 8  # 2 configs × 3 seeds + 2 chaos probes
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["seeds_auto"] == rounds
     assert (exp / "summary.md").read_text().endswith(f"\nSeeds: auto, round 1 of 2 (3 seeds): {rounds['sentence']}.\n")
     compared = runner.invoke(app, ["compare", str(exp)])
-    assert compared.output.splitlines()[0] == (
+    assert flat(compared.output).startswith(flat(
         f"seeds: auto chose these 3 seeds: {rounds['sentence']}; its verdicts (rounds.json) hold that error rate, "
-        "the tests below are one more look at alpha 0.05")
+        "the tests below are one more look at alpha 0.05 •"))
 
 
 def test_identical_configs_settle_as_equivalent_with_a_margin(write_config, tmp_path):
