@@ -235,11 +235,42 @@ def _render_agreement(store: dict, found: dict) -> str:
         cells = [f"{means[best]['means'][c]:.3g} / {means[final]['means'][c]:.3g}" for c in configs]
         rows.append(f"| `{label}` | " + " | ".join(cells) + " |")
     return (f"*Measured by `benchmarks/seed_agreement.py` (run by `benchmarks/readme_numbers.py`) on {m['date']}: "
-            f"`optcmp run configs/adam_vs_adamw.yaml --set seeds={len(found['seeds'])}` per setting, then `optcmp "
+            f"`optcmp run configs/adam_vs_adamw.yaml --set seeds={len(found['seeds'])}` per setting"
+            f"{_options(found)}, then `optcmp "
             f"compare` over {_seeds(found['seeds'])} and over {_seeds(found['fewer'])} (the same runs): the pairs it calls "
             f"significant (paired t, Holm, alpha 0.05), `a < b` where a has the lower mean; on {m['cpu']} "
             f"({m['cores']} cores, torch {m['torch']}).*\n\n" + "\n".join(lines) +
-            f"\n\nMeans over {_seeds(found['seeds'])}, best_train_loss / final train_loss:\n\n" + "\n".join(rows))
+            f"\n\nMeans over {_seeds(found['seeds'])}, best_train_loss / final train_loss:\n\n" + "\n".join(rows) +
+            _render_run_differences(found))
+
+
+def _options(found: dict) -> str:
+    """" (`vectorized`: `--engine vectorized`; …)", what each setting's label stands for."""
+    options = found.get("options")
+    if not options:
+        return ""
+    return " (" + "; ".join(f"`{label}`: `{opts}`" for label, opts in options.items()) + \
+        "; the default engine is vectorized here)"
+
+
+def _render_run_differences(found: dict) -> str:
+    """Run by run: how much a setting moves the same run, against the seeds' spread."""
+    diffs = found.get("run_differences")
+    if not diffs:
+        return ""
+    same = found.get("same_runs", {})
+    said = []
+    for label, by in diffs["settings"].items():
+        if label in same:
+            continue
+        moves = " and ".join(f"its {'final ' if metric == 'train_loss' else ''}{metric} by a median "
+                             f"{d['median_rel']:.1%} (at most {d['max_rel']:.0%})" for metric, d in by.items())
+        said.append(f"`{label}` moves a run's {moves.removeprefix('its ')}")
+    equal = [f"`{label}`'s runs equal `{earlier}`'s bit for bit" for label, earlier in same.items()]
+    spread = " and ".join(f"{cv:.0%} ({metric})" for metric, cv in diffs["seed_cv"].items())
+    return (f"\n\nRun by run (the same seed and config) against `{diffs['against']}`: " + "; ".join(said) +
+            f". Between seeds, the standard deviation is {spread} of the mean (median over the configs)" +
+            ("; " + "; ".join(equal) if equal else "") + ".")
 
 
 def _render_speed(store: dict, s: dict) -> str:

@@ -1,13 +1,14 @@
 """Issue 14's acceptance: with 10 seeds, `optcmp compare` of configs/adam_vs_adamw.yaml finds
 the same significant pairs whichever engine and thread count trained the runs.
 
-    python benchmarks/seed_agreement.py                  # four settings, 10 seeds (~3 min on a quiet 2-core machine)
+    python benchmarks/seed_agreement.py                  # four settings, 10 seeds (~4 min on a 2-core machine)
     python benchmarks/seed_agreement.py --out DIR        # keep the runs in DIR (a rerun there trains nothing)
     python benchmarks/seed_agreement.py --json out.json
 
 Each setting is one `optcmp run configs/adam_vs_adamw.yaml --set seeds=10` into its own
 folder: `--engine vectorized`, `--engine sequential`, `--threads 2` (the default engine,
-vectorized here, on two torch threads) and `--engine sequential --threads 2`. Then, per
+vectorized here, on two torch threads) and `--engine sequential --threads 2`; `same_runs`
+names the settings whose runs' metrics are equal bit for bit to an earlier setting's. Then, per
 setting, the pairs `optcmp compare` calls significant (Holm, alpha 0.05) over all 10 seeds
 and, for contrast, over the first 3 only (the same runs: a run's numbers depend on its seed,
 config, engine and threads, not on the other runs), for the default ranking metric
@@ -66,7 +67,8 @@ def measure(out: Path, settings: dict[str, list[str]] = SETTINGS) -> dict:
     """Train (or resume) every setting into `out`; the figures over SEEDS and over FEWER seeds."""
     from optcmp.summary import read_runs
 
-    found: dict = {"seeds": list(range(SEEDS)), "fewer": list(range(FEWER)), "settings": {}}
+    found: dict = {"seeds": list(range(SEEDS)), "fewer": list(range(FEWER)), "settings": {},
+                   "options": {label: " ".join(options) for label, options in settings.items()}}
     for label, options in settings.items():
         exp = optcmp_run(CONFIG, out / label.replace(", ", "-").replace(" ", "-"), "--set", f"seeds={SEEDS}", *options)
         runs = read_runs(exp)
@@ -75,12 +77,64 @@ def measure(out: Path, settings: dict[str, list[str]] = SETTINGS) -> dict:
             for metric in METRICS:
                 pairs, means, sentences = significant_pairs(runs[runs["seed"] < n], metric)
                 found["settings"][label][f"{metric}@{n}"] = {"significant": pairs, "means": means, "sentences": sentences}
+    found["same_runs"] = same_runs(out, settings)
+    found["run_differences"] = run_differences(out, settings)
     for key in found["settings"][next(iter(settings))]:
         found[f"same_{key}"] = len({tuple(s[key]["significant"]) for s in found["settings"].values()}) == 1
     return found
 
 
+def _tables(out: Path, settings: dict[str, list[str]]) -> dict:
+    import pandas as pd
+
+    return {label: pd.read_csv(out / label.replace(", ", "-").replace(" ", "-") / "adam-vs-adamw" / "runs.csv")
+            .set_index("run_id").sort_index() for label in settings}
+
+
+def run_differences(out: Path, settings: dict[str, list[str]] = SETTINGS) -> dict:
+    """Run by run against the first setting: {setting: {metric: {median_rel, max_rel}}}, the
+    relative difference |x - x_first| / x_first of the same run (seed and config, role "run"),
+    and {metric: seed_cv}: the median over configs of the between-seed std over the mean (the
+    first setting's): how a run's change by the setting compares with the seeds' spread."""
+    import numpy as np
+
+    tables = _tables(out, settings)
+    first, *others = list(tables)
+    base = tables[first][tables[first]["role"] == "run"]
+    found: dict = {"against": first, "settings": {}, "seed_cv": {}}
+    for metric in METRICS:
+        found["seed_cv"][metric] = float(np.median([g.std(ddof=1) / g.mean() for _, g in base.groupby("config_id")[metric]]))
+        for label in others:
+            other = tables[label].loc[base.index, metric]
+            rel = (other - base[metric]).abs() / base[metric].abs()
+            found["settings"].setdefault(label, {})[metric] = {"median_rel": float(rel.median()), "max_rel": float(rel.max())}
+    return found
+
+
+def same_runs(out: Path, settings: dict[str, list[str]]) -> dict[str, str]:
+    """{setting: the earlier setting whose runs have exactly its metrics}, for the settings that have one."""
+    tables = _tables(out, settings)
+    metrics = [m for m in ("train_loss", "best_train_loss", "train_loss_tail", "weight_norm", "near_zero_frac")
+               if m in tables[next(iter(tables))].columns]
+    found, labels = {}, list(tables)
+    for i, label in enumerate(labels):
+        for earlier in labels[:i]:
+            if tables[label].index.equals(tables[earlier].index) and tables[label][metrics].equals(tables[earlier][metrics]):
+                found[label] = earlier
+                break
+    return found
+
+
 def report(found: dict) -> None:
+    for label, earlier in found.get("same_runs", {}).items():
+        print(f"{label}: every run's metrics equal {earlier}'s bit for bit")
+    diffs = found.get("run_differences")
+    if diffs:
+        for label, by in diffs["settings"].items():
+            said = "; ".join(f"{m} median {d['median_rel']:.2%}, max {d['max_rel']:.1%}" for m, d in by.items())
+            print(f"{label} against {diffs['against']}, run by run: {said}")
+        print("between seeds (std / mean, median over configs): " +
+              "; ".join(f"{m} {cv:.1%}" for m, cv in diffs["seed_cv"].items()))
     for key in found["settings"][next(iter(found["settings"]))]:
         metric, n = key.split("@")
         same = "the same in every setting" if found[f"same_{key}"] else "NOT the same in every setting"

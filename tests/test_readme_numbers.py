@@ -43,9 +43,14 @@ def test_the_measurements_are_of_the_shipped_configs_as_they_are(name):
     assert f"({found['runs']} run" in readme_numbers.render(name, STORE)
 
 
-def test_the_agreement_block_is_of_ten_seeds():
-    assert STORE["engine-agreement"]["seeds"] == list(range(10))
-    assert set(STORE["engine-agreement"]["settings"]) == {"vectorized", "sequential", "threads 2"}
+def test_the_agreement_block_is_of_ten_seeds_under_both_engines_and_two_thread_counts():
+    found = STORE["engine-agreement"]
+    assert found["seeds"] == list(range(10)) and found["fewer"] == [0, 1, 2]
+    assert list(found["settings"]) == ["vectorized", "sequential", "threads 2", "sequential, threads 2"]
+    for key in ("best_train_loss@10", "train_loss@10", "best_train_loss@3", "train_loss@3"):
+        pairs = {tuple(s[key]["significant"]) for s in found["settings"].values()}
+        assert found[f"same_{key}"] == (len(pairs) == 1)
+    assert set(found["run_differences"]["settings"]) == {"sequential", "threads 2", "sequential, threads 2"}
 
 
 def test_a_rewrite_replaces_only_the_blocks_and_keeps_an_indented_end():
