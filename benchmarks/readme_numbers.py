@@ -1,12 +1,15 @@
 """Every number and claim in README.md that comes from a run, measured on this machine and
 written into README's marked blocks, each saying the machine, the engine and the seeds.
 
-    python benchmarks/readme_numbers.py              # run the shipped configs (~5 min), save, rewrite the blocks
+    python benchmarks/readme_numbers.py              # measure every block but speed, save, rewrite the blocks
+                                                     # (2-core machine: ~1 min for the configs, 4-10 min for
+                                                     # the engine agreement's 168 runs, most of it sequential)
     python benchmarks/readme_numbers.py --only weight-decay adam-vs-adamw
     python benchmarks/readme_numbers.py --speed      # also the speed figures (a quiet machine: ~10 min)
     python benchmarks/readme_numbers.py --render     # rewrite the blocks from readme_numbers.json, no training
     python benchmarks/readme_numbers.py --check      # measure again; exit 1 where a block would change
     python benchmarks/readme_numbers.py --agreement-out DIR   # keep (and reuse) seed_agreement.py's runs in DIR
+                                                               # (a rerun there trains nothing: ~1.5 min in all)
 
 A block is the text between `<!-- readme_numbers:NAME -->` and `<!-- /readme_numbers -->` in
 README.md: the script's, rewritten on every run; the prose around a block says nothing a
@@ -311,7 +314,10 @@ def main() -> None:
     args = ap.parse_args()
     store = json.loads(STORE.read_text()) if STORE.exists() else {}
     if not args.render:
+        measured_on = store.get("machine", {}).get("date")
         store["machine"] = machine()
+        if args.check and measured_on:  # the numbers are checked, not the day
+            store["machine"]["date"] = measured_on
         sys.path.insert(0, str(ROOT / "benchmarks"))
         with tempfile.TemporaryDirectory(prefix="optcmp-readme-") as tmp:
             for name in args.only or [*CONFIGS, "engine-agreement"]:
