@@ -192,6 +192,7 @@ def run(
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
     from optcmp.api import prepare
+    from optcmp.compare_view import wrapped
     from optcmp.rounds import run_experiment
     from optcmp.runner import Execution, experiment_dir
 
@@ -205,20 +206,12 @@ def run(
             outcome, planned = run_experiment(  # the sweep, or with seeds: auto its rounds, each decision said
                 loaded.config.seeds_auto, runs, exp_dir, lambda planned, first: _run_with_progress(
                     loaded, [r.spec for r in planned], exp_dir, execution, fresh and first, planned, resuming=first),
-                loaded.config.summary.primary, _say)
+                loaded.config.summary.primary,  # a round's lines, wrapped deeper than the pair lines under it
+                lambda line: [console.print(part, soft_wrap=True) for part in wrapped([line], console.width, hang=4)])
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
     _finish(exp_dir, outcome, planned, loaded.config.summary.primary)
-
-
-def _say(line: str) -> None:
-    """A line of `seeds: auto`'s rounds, wrapped between words at the terminal's width (its
-    continuation indented deeper than the pair lines under a round's line)."""
-    from optcmp.compare_view import wrapped
-
-    for part in wrapped([line], console.width, hang=4):
-        console.print(part, soft_wrap=True)
 
 
 def _warn_oversubscribed(execution) -> None:
