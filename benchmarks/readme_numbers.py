@@ -22,7 +22,7 @@ rewrites them, with that machine named.
 Blocks and what measures them:
 - weight-decay, adam-vs-adamw, linear-classifier, real-data, lr-schedule: `optcmp run` of the
   shipped config as shipped (its seeds, the default engine, one torch thread), then the
-  summary as the terminal shows it at 100 columns, and `optcmp compare`'s lines;
+  summary and `optcmp compare`'s lines as the terminal shows them at 100 columns;
 - engine-agreement: benchmarks/seed_agreement.py (10 seeds of adam_vs_adamw.yaml under four
   engine/thread settings);
 - speed: with --speed only (timing is for a quiet machine), benchmarks/vectorized_sweep.py
@@ -178,6 +178,13 @@ def _where(store: dict, found: dict) -> str:
             "timings left out (see Speed).*")
 
 
+def _terminal(lines: list[str]) -> list[str]:
+    """compare's lines (stored whole) as a WIDTH-column terminal shows them."""
+    from optcmp.compare_view import wrapped
+
+    return wrapped(lines, WIDTH)
+
+
 def _code(lines) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
@@ -197,13 +204,14 @@ def render(name: str, store: dict) -> str | None:
     if found is None:
         return None
     if name == "weight-decay":
-        said = [f"`optcmp compare runs/weight-decay --metric {m}`:\n\n" + _code(lines)
+        said = [f"`optcmp compare runs/weight-decay --metric {m}`:\n\n" + _code(_terminal(lines))
                 for m, lines in found["compare"].items()]
         return "\n\n".join([_where(store, found), _code(found["summary"].splitlines()), *said])
     if name == "adam-vs-adamw":
         return "\n\n".join([_where(store, found), "`optcmp compare runs/adam-vs-adamw` (best_train_loss, the default):",
-                            _code(found["compare"]["best_train_loss"]),
-                            "and `--metric train_loss` (the final loss, for contrast):", _code(found["compare"]["train_loss"])])
+                            _code(_terminal(found["compare"]["best_train_loss"])),
+                            "and `--metric train_loss` (the final loss, for contrast):",
+                            _code(_terminal(found["compare"]["train_loss"]))])
     if name in ("linear-classifier", "real-data"):
         return "\n\n".join([_where(store, found), _code(found["summary"].splitlines())])
     if name == "lr-schedule":
