@@ -94,13 +94,18 @@ def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Override
 
 
 def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
-            imports: bool = True):
+            imports: bool = True, engine: str = "auto"):
     """`load_specs`, then build every run once without training (the preflight, dry step
-    included): (LoadedConfig, [RunSpec], [ResolvedRun]). `config` may be a LoadedConfig."""
+    included): (LoadedConfig, [RunSpec], [ResolvedRun]), without the chaos probes of
+    `summary.chaos: auto` that `engine` would train one by one (`planning.cheap_probes`).
+    `config` may be a LoadedConfig."""
+    from optcmp.planning import cheap_probes
     from optcmp.runner import preflight
 
     loaded, specs = load_specs(config, overrides, sweeps, name, imports)
-    return loaded, specs, preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    kept = {run.spec.run_id for run in runs}
+    return loaded, [s for s in specs if s.run_id in kept], runs
 
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
@@ -118,6 +123,7 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     A config with `tune:` runs its study (`optcmp.study`; `storage`: an SQLAlchemy URL for
     the Optuna storage, default `study.db` in the folder): the experiment's `.verdict` and
     `.trials` hold the outcome."""
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
@@ -125,9 +131,13 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     exp_dir = experiment_dir(Path(out), loaded.config.name)
     if loaded.config.tune is not None:
         return _run_study(loaded, exp_dir, execution, fresh, quiet, storage)
-    loaded, specs, runs = prepare(loaded)
+    loaded, specs, runs = prepare(loaded, engine=engine)
     events = Events() if quiet else Events(run_end=_say_run)
-    outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)
+    # the sweep, or with seeds: auto its rounds (their decisions printed unless quiet)
+    outcome, _ = run_experiment(
+        loaded.config.seeds_auto, runs, exp_dir,
+        lambda planned, first: run_sweep(loaded, [r.spec for r in planned], exp_dir, events, execution, fresh and first, planned),
+        loaded.config.summary.primary, (lambda line: None) if quiet else print)
     experiment = Experiment(exp_dir)
     if not quiet and outcome.results:
         experiment.show()

@@ -104,7 +104,9 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     from rich.table import Table
 
     from optcmp.api import load_specs
+    from optcmp.autoseeds import describe
     from optcmp.config import import_paths
+    from optcmp.planning import cheap_probes
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
@@ -114,12 +116,14 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     if paths:  # before preflight imports them
         console.print("import paths (they run code; --no-imports refuses them): "
                       + ", ".join(f"{k} = {p}" for k, p in paths), soft_wrap=True)
-    runs = preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    specs = [r.spec for r in runs]
     _imports_done()
     units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(dict.fromkeys(k for s in specs for k in s.params))  # a variant's own axes: its runs only
-    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
+    auto = loaded.config.seeds_auto  # seeds: auto lists every seed it may train
+    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold", caption=auto and describe(auto))
     for col in ["run_id", *keys, "seed"]:
         table.add_column(col)
     for s in specs:
@@ -191,6 +195,8 @@ def run(
     import optcmp.stopping as stopping
     from optcmp.api import load_checked, prepare
     from optcmp.progress import run_with_progress
+    from optcmp.compare_view import wrapped
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
@@ -206,11 +212,16 @@ def run(
                 from optcmp.cli_study import study_command
 
                 raise typer.Exit(study_command(loaded, exp_dir, execution, fresh, storage, console, err_console, _imports_done))
-            loaded, specs, runs = prepare(loaded)
+            loaded, specs, runs = prepare(loaded, engine=engine)
             _imports_done()
             with stopping.deferred():
-                outcome = run_with_progress(err_console, loaded, specs, runs, exp_dir, execution, fresh)
-                _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary, stopping.requested)
+                outcome, planned = run_experiment(  # the sweep, or with seeds: auto its rounds, each decision said
+                    loaded.config.seeds_auto, runs, exp_dir, lambda planned, first: run_with_progress(
+                        err_console, loaded, [r.spec for r in planned], planned, exp_dir, execution, fresh and first,
+                        resuming=first),
+                    loaded.config.summary.primary,  # a round's lines, wrapped deeper than the pair lines under it
+                    lambda line: [console.print(part, soft_wrap=True) for part in wrapped([line], console.width, hang=4)])
+                _finish(exp_dir, outcome, planned, loaded.config.summary.primary, stopping.requested)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
@@ -243,7 +254,9 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str], stoppe
     counts = {s.value: sum(r["status"] == s for r in results) for s in Status}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
-    kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
+    probes = sum(r.get("role") == "ulp" for r in results)
+    said = [f"{probes} chaos probe{'s' if probes != 1 else ''}"] * bool(probes) + [f"{len(outcome.kept)} kept from an earlier attempt"] * bool(outcome.kept)
+    kept = f" ({'; '.join(said)})" if said else ""
     console.print(
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
         + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
@@ -300,20 +313,21 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
 @app.command()
 def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
-            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
+            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: best_val_loss where there is a validation split, else best_train_loss)."),
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
     """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
-    from optcmp.compare import write_compare
-    from optcmp.display import compare_table
+    from optcmp.compare import compare_notes, read_runs, write_compare
+    from optcmp.compare_view import compare_lines, compare_table, wrapped
 
     _imports_done()
     frame = write_compare(exp_dir, metric, baseline)
     if frame.empty:
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
-    for sentence in frame["sentence"]:
-        console.print(f"• {sentence}", soft_wrap=True)  # one line each: quotable, greppable
-    console.print(compare_table(frame))
+    lines = compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0]), exp_dir)
+    for line in wrapped(lines, console.width):
+        console.print(line, soft_wrap=True)
+    console.print(compare_table(frame, console.width))
     console.print(f"Written {exp_dir / 'compare.csv'}")
 
 

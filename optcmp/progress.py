@@ -50,8 +50,10 @@ REFRESH_S = 0.25  # a terminal's redraw interval
 PLAIN_EVERY_S = 10.0  # a plain line this often, where the output is no terminal
 
 
-def run_with_progress(console: Console, loaded, specs: list, runs: list[ResolvedRun], exp_dir, execution, fresh: bool):
-    """`runner.run_sweep` with its progress display on `console` (the `run` command's)."""
+def run_with_progress(console: Console, loaded, specs: list, runs: list[ResolvedRun], exp_dir, execution, fresh: bool,
+                      resuming: bool = True):
+    """`runner.run_sweep` with its progress display on `console` (the `run` command's).
+    `resuming=False`: a later round of `seeds: auto`, whose kept runs are its earlier rounds'."""
     from optcmp.runner import run_sweep
 
     in_process = execution.executor == "local" and execution.jobs == 1
@@ -62,7 +64,7 @@ def run_with_progress(console: Console, loaded, specs: list, runs: list[Resolved
 
     def plan_and_say(todo: list, kept: list) -> None:
         plan(todo, kept)
-        if kept:
+        if kept and resuming:
             display.print(f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
                           f"{len(todo)} to run (--fresh starts over)")
 

@@ -23,7 +23,7 @@ from optcmp.results import FINISHED, Status, read_result
 from optcmp.sweep import RunSpec
 from optcmp.yamlio import read_yaml_file
 
-OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json")
+OWN_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "plan.json", "rounds.json")
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
@@ -128,7 +128,7 @@ def _conflict_message(exp_dir: Path, conflicts: dict[str, tuple[Any, Any]], runs
 
 def clear_experiment(exp_dir: Path) -> None:
     """`--fresh`: remove what `optcmp run` wrote here (run folders, runs.csv, summary.*,
-    plan.json) and nothing else (compare.csv, report.html and foreign files stay)."""
+    plan.json, rounds.json) and nothing else (compare.csv, report.html and foreign files stay)."""
     for path in Path(exp_dir).iterdir():
         if path.is_dir() and not path.is_symlink() and \
                 ((path / "result.json").exists() or (path / "config.yaml").exists()):

@@ -94,7 +94,12 @@ def run_sweep(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events:
     events = events or Events()
     execution = execution or Execution()
     jobs = execution.jobs if execution.executor == "local" else 1
+    from optcmp.planning import cheap_probes
+
     runs = runs if runs is not None else preflight(loaded, specs)
+    runs = cheap_probes(runs, execution.engine)  # as api.prepare plans them (there, already done)
+    planned = {run.spec.run_id for run in runs}
+    specs = [s for s in specs if s.run_id in planned]
     # --engine vectorized may refuse: before anything is written
     all_units = plan_units(runs, execution.engine, jobs) if execution.engine == "vectorized" else None
     exp_dir = Path(exp_dir)

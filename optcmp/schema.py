@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from optcmp.autoseeds import design_of, is_auto
 from optcmp.schema_checks import DEFAULT_MAX_RUNS, check_experiment, inherit_defaults
 from optcmp.space import Distribution
+from optcmp.stats import SequentialDesign
 from optcmp.values import did_you_mean, got, interval, is_number, keyed, shown, within
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -373,6 +375,28 @@ class ExperimentConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
     max_runs: int = Field(DEFAULT_MAX_RUNS, ge=1)  # a sweep expanding to more runs is refused before it starts
+    # `seeds: auto` (optcmp.autoseeds): `seeds` is then every seed the design may train, 0…max−1,
+    # and this the design; not a key of its own (never dumped: a run's config has its one seed).
+    _seeds_auto: SequentialDesign | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_seeds(cls, data: Any, handler: Any) -> Any:
+        design = None
+        if isinstance(data, dict) and is_auto(data.get("seeds")):
+            design = design_of(data["seeds"])
+            if data.get("tune") is not None:
+                raise keyed("seeds", "`auto` is for sweeps; a study (tune:) has its own tune.seeds and tune.final_seeds")
+            data = {**data, "seeds": list(range(design.max_seeds))}
+        model = handler(data)
+        if design is not None:
+            model._seeds_auto = design
+        return model
+
+    @property
+    def seeds_auto(self) -> SequentialDesign | None:
+        """The sequential design of `seeds: auto`, or None for a list or count of seeds."""
+        return self._seeds_auto
 
     @model_validator(mode="before")
     @classmethod

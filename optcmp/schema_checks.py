@@ -12,15 +12,12 @@ import math
 import re
 from typing import Any
 
+from optcmp.autoseeds import is_auto, max_seeds
 from optcmp.space import MAX_GRID, space_key_problem
 from optcmp.values import did_you_mean, keyed, shown
 
 DEFAULT_MAX_RUNS = 10_000  # runs a sweep may expand to unless `max_runs` says more
 VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,39}$")  # a variant's name is part of every run id
-# Whether `summary.chaos: auto` adds the chaos probes (see sweep.py). Off until the engine
-# moves a "ulp" run's initial weights and the summary leaves "ulp" rows out of its seeds
-# (DESIGN.md): before that, a probe would train as one more copy of its seed and count as one.
-AUTO_PROBES = False
 UNSWEPT = ("name", "seeds", "sweep", "tune", "max_runs", "optimizers")  # whole keys that no sweep may set
 VALIDATION_METRICS = ("val_loss", "val_accuracy", "best_val_loss", "best_val_accuracy", "val_loss_tail", "val_accuracy_tail")
 
@@ -93,7 +90,8 @@ def run_count(data: dict[str, Any]) -> tuple[int, int, int]:
     (per variant: the shared axes and the variant's own) × seeds, plus the chaos probes.
     Nothing is expanded; malformed parts count as one (their own errors come later)."""
     seeds = data.get("seeds", [0])
-    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else _length(seeds)
+    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else \
+        max_seeds(seeds) if is_auto(seeds) else _length(seeds)  # seeds: auto counts the most it may train
     sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
     shared = math.prod(_length(v) for k, v in sweep.items() if not str(k).startswith("optimizers.") and k != "variant")
     variants = data.get("optimizers") if isinstance(data.get("optimizers"), dict) else {}
@@ -109,8 +107,10 @@ def run_count(data: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def probes_wanted(chaos: Any) -> bool:
-    """Whether `summary.chaos` asks for a chaos probe per config (given ≥ 2 seeds)."""
-    return chaos in ("on", True) or (chaos == "auto" and AUTO_PROBES)
+    """Whether `summary.chaos` may ask for a chaos probe per config (given ≥ 2 seeds): `on`,
+    and `auto`, whose probes the planner keeps only where they are cheap
+    (`planning.cheap_probes`); the run cap counts them all."""
+    return chaos in ("on", "auto", True)
 
 
 def _count(n: int, word: str) -> str:

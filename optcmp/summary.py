@@ -43,6 +43,7 @@ HIGHER_IS_BETTER = ("val_accuracy", "best_val_accuracy", "val_accuracy_tail", "t
 AGGREGATED_ROLES = ("run", "final")
 PROBE_ROLE = "ulp"
 ONE_SEED_NOTE = "one seed: no noise estimate, configs are not ranked"
+ROUNDS_FILE = "rounds.json"  # the last decision of `seeds: auto` (optcmp.rounds)
 STATUS_ORDER = tuple(s.value for s in Status)  # ok, diverged, pruned, failed, interrupted
 
 
@@ -386,14 +387,28 @@ def _rank(rows: list[dict[str, Any]], primary: str, columns: list[str]) -> tuple
     return primary, notes
 
 
+def read_rounds(exp_dir: Path) -> dict[str, Any] | None:
+    """rounds.json: the last decision of `seeds: auto` here, or None."""
+    try:
+        found = json.loads((Path(exp_dir) / ROUNDS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def write_summary(exp_dir: Path, primary: str | None = None, asked_by: str = "summary.primary") -> Summary:
     """Aggregate runs.csv into summary.csv, summary.md and summary.json (atomically)."""
     exp_dir = Path(exp_dir)
     table = aggregate(read_run_table(exp_dir), primary, asked_by)
+    rounds = read_rounds(exp_dir)
     atomic_write_text(exp_dir / "summary.csv", table.to_csv())
-    atomic_write_text(exp_dir / "summary.md", markdown(table))
+    said = "" if rounds is None else (f"\nSeeds: auto, round {rounds.get('look')} of {rounds.get('design', {}).get('rounds')} "
+                                      f"({rounds.get('seeds')} seeds): {rounds.get('sentence')}.\n")
+    atomic_write_text(exp_dir / "summary.md", markdown(table) + said)
     document = {"primary": table.primary, "ranked_by": table.ranked_by, "notes": table.notes,
                 "configs": table.records(nested=True)}
+    if rounds is not None:
+        document["seeds_auto"] = rounds  # the design, its error rate and the last decision
     atomic_write_text(exp_dir / "summary.json", json.dumps(document, indent=2) + "\n")
     return table
 

@@ -1,7 +1,8 @@
 """Both engines train exactly as they did before the engine redesign: every run's final
 weights and metrics.csv equal, bit for bit, the reference that the commit before it
 (de51958) wrote for the configs of tests/fixtures/make_engine_reference.py (metrics.csv's
-`weight_norm/<layer>` columns renamed since, see `same_column`)."""
+`weight_norm/<layer>` columns renamed since, see `same_column`); the chaos probes the auto
+engine adds since do not change them."""
 from __future__ import annotations
 
 import sys
@@ -48,7 +49,11 @@ def test_weights_and_scalars_are_bit_identical_to_the_reference(expected, case, 
     got = reference.train(case, engine, tmp_path)
     prefix = f"{case}/{engine}/"
     wanted = {k: v for k, v in expected.items() if k.startswith(prefix)}
-    assert sorted(got) == sorted(wanted)
+    # The chaos probes (summary.chaos: auto) came after the reference: they train where a config's
+    # runs are vectorized, never with --engine sequential, and leave their group-mates' bits as they were.
+    probes = {k for k in got if k.split("/")[2].endswith("-ulp")}
+    assert not probes if engine == "sequential" else bool(probes) == (case in ("regression", "minibatch", "schedule", "batchnorm"))
+    assert sorted(set(got) - probes) == sorted(wanted)
     for key, value in wanted.items():
         if key.endswith("metrics.csv"):
             header, _, rows = str(got[key]).partition("\n")

@@ -60,9 +60,9 @@ def test_a_sweep_of_ten_million_runs_is_refused_before_expanding(tmp_path):
 
 
 def test_a_billion_seeds_are_refused(write_config):
-    path = write_config("seeds: 1000000000\n")
-    assert error_of(path) == (f"{path}:1: seeds: expands to 1,000,000,000 runs (1 config × 1,000,000,000 seeds), "
-                              f"more than max_runs (10,000); {CAP}")
+    path = write_config("seeds: 1000000000\n")  # summary.chaos auto: the cap counts the probe the planner may drop
+    assert error_of(path) == (f"{path}:1: seeds: expands to 1,000,000,001 runs (1 config × 1,000,000,000 seeds "
+                              f"+ 1 chaos probe), more than max_runs (10,000); {CAP}")
 
 
 def test_chaos_probes_count_toward_the_cap(write_config):
@@ -74,12 +74,12 @@ def test_chaos_probes_count_toward_the_cap(write_config):
 
 
 def test_max_runs_raises_the_cap(write_config):
-    path = write_config("max_runs: 5\nseeds: 3\nsweep: {optimizer.lr: [0.1, 0.01]}\n")
-    assert error_of(path) == (f"{path}:3: sweep: expands to 6 runs (2 configs × 3 seeds), more than max_runs (5); {CAP}")
+    path = write_config("max_runs: 5\nseeds: 3\nsummary: {chaos: off}\nsweep: {optimizer.lr: [0.1, 0.01]}\n")
+    assert error_of(path) == (f"{path}:4: sweep: expands to 6 runs (2 configs × 3 seeds), more than max_runs (5); {CAP}")
     assert len(expand(load_config(path, ["max_runs=6"]).config)) == 6
-    assert error_of(path, ["seeds=1000"]) == (f"{path}:3: sweep: expands to 2,000 runs (2 configs × 1,000 seeds), "
+    assert error_of(path, ["seeds=1000"]) == (f"{path}:4: sweep: expands to 2,000 runs (2 configs × 1,000 seeds), "
                                               f"more than max_runs (5); {CAP}")
-    path = write_config("max_runs: 5\n")
+    path = write_config("max_runs: 5\nsummary: {chaos: off}\n")
     assert error_of(path, ["seeds=1000"]) == ("--set seeds=1000: seeds: expands to 1,000 runs (1 config × 1,000 seeds), "
                                               f"more than max_runs (5); {CAP}")
 

@@ -26,6 +26,7 @@ data: {kind: random_classification, samples: 60, batch_size: 20, val_fraction: 0
 train: {steps: 30}
 optimizer: {name: adam, lr: 0.01}
 log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}  # the units are built from expand's specs here: no chaos probe among the members
 """
 
 

@@ -33,6 +33,7 @@ optimizer: {name: adam, lr: 0.01}
 sweep:
   optimizer.lr: [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]
 log: {every: 100, histograms: {every: 0}}
+summary: {chaos: off}  # 24 runs, no chaos probes (summary.chaos auto adds one per config)
 """
 LONG_ID = "pytorch_optimizer_Lion-lr0.001-wd0.1-b0.9x0.99-s0"
 
