@@ -319,8 +319,8 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
 @app.command()
 def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
-    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training)."""
-    from optcmp.report import write_report
+    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training); a study folder gets its sensitivity, budget and final curves."""
+    from optcmp.study_report import write_report
 
     _imports_done()
     console.print(f"Report: {write_report(exp_dir)}")
