@@ -93,7 +93,7 @@ def plot_sensitivity(arms: Sequence[Arm], trials: pd.DataFrame, seeds: pd.DataFr
     workloads = list(dict.fromkeys(a.workload for a in arms))
     fig, axes = _panels(workloads, 5.6, 3.9, _legend_room(arms, ["diverged (top edge)"]))
     ys: dict[str | None, list[float]] = {w: [] for w in workloads}  # what each panel's y axis shows
-    drew = False
+    drew = diverged_any = False
     for arm in arms:
         ax = axes[arm.workload]
         mine = trials[trials["config_id"].str.rsplit("-t", n=1).str[0] == arm.label]
@@ -114,6 +114,7 @@ def plot_sensitivity(arms: Sequence[Arm], trials: pd.DataFrame, seeds: pd.DataFr
             ax.scatter(best["_x"], best["_y"], s=140, facecolors="none", edgecolors=arm.color, linewidths=1.6, zorder=4)
         diverged = mine[(mine["status"] == "diverged") | ((mine["status"] == "ok") & ~np.isfinite(value))]
         _at_top(ax, x[diverged.index].dropna(), arm.color)
+        diverged_any = diverged_any or not diverged.empty
         pruned = mine[(mine["status"] == "pruned") & mine["pruned_value"].notna()] if "pruned_value" in mine else mine[:0]
         if not pruned.empty:
             ax.scatter(x[pruned.index], pruned["pruned_value"].astype(float), s=30, facecolors="none",
@@ -130,7 +131,7 @@ def plot_sensitivity(arms: Sequence[Arm], trials: pd.DataFrame, seeds: pd.DataFr
         if _log_y(np.asarray(ys[workload], dtype=float)):
             ax.set_yscale("log")
     pruned_any = "pruned_value" in trials and (trials["status"] == "pruned").any()
-    _key_entries(list(axes.values())[-1], diverged=True, best=True, pruned=bool(pruned_any))
+    _key_entries(list(axes.values())[-1], diverged=diverged_any, best=True, pruned=bool(pruned_any))
     _legend_outside(fig, list(axes.values()))
     return fig
 
@@ -155,6 +156,7 @@ def plot_budget(arms: Sequence[Arm], scores: dict[str, np.ndarray], maximize: bo
     workloads = list(dict.fromkeys(a.workload for a in arms))
     fig, axes = _panels(workloads, 5.6, 3.6, _legend_room(arms, ["infinite (top edge)"]))
     everything: dict[str | None, list[np.ndarray]] = {w: [] for w in workloads}  # each panel's finite means
+    infinite = False
     for arm in arms:
         ax = axes[arm.workload]
         k, mean, low, high = best_of_k(scores[arm.label], maximize)
@@ -164,6 +166,7 @@ def plot_budget(arms: Sequence[Arm], scores: dict[str, np.ndarray], maximize: bo
         ax.fill_between(k, np.where(both, low, np.nan), np.where(both, high, np.nan), color=arm.color, alpha=0.18,
                         linewidth=0)
         _at_top(ax, k[~finite], arm.color)
+        infinite = infinite or not finite.all()
         everything[arm.workload].append(mean[finite])
     for workload, ax in axes.items():
         ax.set_xlabel("tuning budget k (trials)")
@@ -171,8 +174,9 @@ def plot_budget(arms: Sequence[Arm], scores: dict[str, np.ndarray], maximize: bo
         ax.xaxis.get_major_locator().set_params(integer=True)
         if _log_y(np.concatenate(everything[workload])):
             ax.set_yscale("log")
-    ax = list(axes.values())[-1]
-    ax.scatter([], [], marker="x", color="grey", s=40, linewidths=1.5, label="infinite (top edge)")
+    if infinite:
+        list(axes.values())[-1].scatter([], [], marker="x", color="grey", s=40, linewidths=1.5,
+                                        label="infinite (top edge)")
     _legend_outside(fig, list(axes.values()))
     return fig
 
