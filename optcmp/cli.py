@@ -103,13 +103,19 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.api import load_specs
+    from optcmp.api import load_checked, load_specs
     from optcmp.config import import_paths
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = load_specs(config, set_, sweep, name, imports=not no_imports)
+    loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
+    if loaded.config.tune is not None:
+        from optcmp.cli_study import plan_study
+
+        plan_study(loaded, experiment_dir(out, loaded.config.name), Execution(engine, jobs=jobs), console)
+        return
+    loaded, specs = load_specs(loaded, imports=not no_imports)
     paths = import_paths(loaded.config)
     if paths:  # before preflight imports them
         console.print("import paths (they run code; --no-imports refuses them): "

@@ -76,3 +76,53 @@ def finish(outcome, planned: int, console: Console) -> int:
                       "again retries them")
         return 1
     return 0
+
+
+def _space_text(space) -> str:
+    """`lr log_uniform [0.0001, 0.03], weight_decay log_uniform [1e-05, 0.1]`."""
+    out = []
+    for key, d in space.items():
+        form = {k: v for k, v in d.model_dump(exclude_none=True).items() if v not in (False, None)}
+        out.append(f"{key.removeprefix('optimizer.')} " + ", ".join(f"{k} {v}" for k, v in form.items()))
+    return "; ".join(out)
+
+
+def plan_study(loaded, exp_dir: Path, execution, console: Console) -> None:
+    """`optcmp plan` of a study: what it tunes and compares, and how many runs at most, checked
+    as `optcmp tune` checks it (the space's ends built and dry-stepped), without training."""
+    from rich.table import Table
+
+    from optcmp.sampling import batch_ends
+    from optcmp.study import Protocol, total_runs
+    from optcmp.verdict import _seeds
+
+    protocol = Protocol.of(loaded, execution)
+    tune = protocol.tune
+    arms = protocol.arms
+    ends = batch_ends(tune.sampler, protocol.budget)
+    console.print(f"study {loaded.config.name} → {exp_dir} (nothing trains; `optcmp tune` runs it)", soft_wrap=True)
+    console.print(f"metric {protocol.metric} ({'higher' if protocol.maximize else 'lower'} is better"
+                  f"{', the default' if protocol.metric_default else ''}); sampler {tune.sampler} (seed {tune.seed}, "
+                  f"the same for every variant); prune {tune.prune}", soft_wrap=True)
+    console.print(f"budget {protocol.budget} trials per arm, on tuning seed{'s' if len(tune.seeds) > 1 else ''} "
+                  f"{_seeds(list(tune.seeds))}; the best trial of each arm rerun on final seeds "
+                  f"{_seeds(list(tune.final_seeds))}", soft_wrap=True)
+    trials = len(arms) * protocol.budget * len(tune.seeds)
+    console.print(f"{len(arms)} arm{'s' if len(arms) != 1 else ''}: at most {total_runs(protocol)} runs "
+                  f"({trials} trial runs in {len(ends)} round{'s' if len(ends) != 1 else ''} of "
+                  f"{', '.join(str(b - a) for a, b in zip([0, *ends], ends))} trials per arm, "
+                  f"{len(arms) * len(tune.final_seeds)} final runs)", soft_wrap=True)
+    workloads = any(a.workload for a in arms)
+    table = Table(header_style="bold")
+    for col in ["arm", *(["workload"] if workloads else []), "optimizer", "space", "steps"]:
+        table.add_column(col, overflow="fold")
+    config = loaded.config
+    for arm in arms:
+        opt = config.optimizers[arm.variant] if arm.variant else config.optimizer
+        options = opt.model_dump(exclude_none=True, exclude={"space"}, exclude_defaults=True)
+        name = options.pop("name", getattr(opt, "name", ""))
+        text = name + (" " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else "")
+        total = protocol.totals.get(arm.label)
+        table.add_row(arm.label, *([arm.workload or ""] if workloads else []), text, _space_text(arm.space),
+                      "" if total is None else str(total))
+    console.print(table)

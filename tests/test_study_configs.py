@@ -56,3 +56,26 @@ def test_a_shipped_study_runs_shortened(name, tmp_path):
     assert json.loads((tmp_path / "study" / "verdict.json").read_text()) == outcome.verdict
     page = write_report(tmp_path / "study").read_text()
     assert ('id="profiles"' in page) == (workloads > 1) == ("workloads:" in text)
+
+
+def test_plan_of_a_study_describes_it_without_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from optcmp.cli import app
+
+    result = CliRunner().invoke(app, ["plan", str(STUDIES / "weight_decay.yaml"), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:4] == [
+        f"study study-weight-decay → {tmp_path / 'runs' / 'study-weight-decay'} (nothing trains; `optcmp tune` runs it)",
+        "metric val_accuracy_tail (higher is better); sampler random (seed 0, the same for every variant); prune none",
+        "budget 16 trials per arm, on tuning seed 0; the best trial of each arm rerun on final seeds 1–10",
+        "3 arms: at most 78 runs (48 trial runs in 1 round of 16 trials per arm, 30 final runs)"]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert [r[0] for r in rows if r[0]] == ["adam", "adam_l2", "adamw"]
+    assert "weight_decay" in " ".join(" ".join(r) for r in rows) and not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(app, ["plan", str(STUDIES / "workloads.yaml"), "--set", "tune.sampler=tpe",
+                                      "--set", "tune.budget=20", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "16 arms: at most 400 runs (320 trial runs in 5 rounds of 10, 3, 3, 3, 1 trials per arm, 80 final runs)" \
+        in result.output
