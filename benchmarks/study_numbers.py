@@ -4,7 +4,7 @@ with --write, put them into README.md between `<!-- readme_numbers:study -->` an
 
     python benchmarks/study_numbers.py                 # run the three studies, print the block
     python benchmarks/study_numbers.py --write         # … and rewrite README.md's block
-    python benchmarks/study_numbers.py --reuse DIR     # read finished study folders under DIR
+    python benchmarks/study_numbers.py --reuse DIR     # read the study folders an earlier --out DIR left
 
 Each study runs exactly as `optcmp tune configs/studies/<file>` runs it (its seeds are in its
 config: sampler seed 0, tuning seed 0, the final seeds named in its verdict), in a fresh
@@ -39,6 +39,7 @@ def run(config: Path, out: Path) -> tuple[dict, float]:
     start = time.perf_counter()
     outcome = run_study(loaded, exp, fresh=True)
     seconds = time.perf_counter() - start
+    (exp / "study_numbers_seconds.txt").write_text(f"{seconds:.1f}\n")  # for --reuse
     if outcome.verdict is None:
         raise SystemExit(f"{config}: the study ended without a verdict")
     return outcome.verdict, seconds
@@ -56,10 +57,41 @@ def block(results: list[tuple[str, dict, float | None]]) -> str:
     for name, verdict, seconds in results:
         took = f", {seconds:.0f} s" if seconds is not None else ""
         lines += [f"**`configs/studies/{name}`**{took}:", ""]
+        several = "workloads" in verdict
+        dropped = 0
         for line in verdict_lines(verdict):
+            if line.startswith("## Across workloads"):
+                break  # in its own table below, at round factors τ
+            if several and (line.startswith("- no significant difference") or line.startswith("  (n=")):
+                dropped += line.startswith("- ")  # a README-sized block: the significant pairs only
+                continue
             lines.append(re.sub(r"^## (.*)$", r"*\1*", line))
+        if dropped:
+            lines += ["", f"({dropped} pairs found no different left out here; verdict.md has every pair.)"]
+        if several:
+            lines += ["", *profile_table(verdict)]
         lines.append("")
+    lines = [line for i, line in enumerate(lines) if line or (i and lines[i - 1])]  # no double blank lines
     return "\n".join(lines).rstrip() + "\n"
+
+
+TAUS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0)
+
+
+def profile_table(verdict: dict) -> list[str]:
+    """Across the workloads: mean rank, then ρ(τ) (the share of workloads on which the
+    variant's final mean is within a factor τ of the best's) at round factors τ."""
+    ratios = verdict["profiles"]["ratios"]
+    n = len(ratios)
+    lines = ["*Across workloads* (ρ(τ): the share of the workloads on which the variant's final mean is within a "
+             "factor τ of the best variant's; ρ(1): the share it wins)", "",
+             "| rank | variant | mean rank | " + " | ".join(f"ρ({t:g})" for t in TAUS) + " |",
+             "|---|---|---|" + "---|" * len(TAUS)]
+    for name in verdict["ranking"]:
+        e = verdict["variants"][name]
+        rho = [sum(1 for w in ratios if ratios[w][name] is not None and ratios[w][name] <= t) / n for t in TAUS]
+        lines.append(f"| {e['rank']} | {name} | {e['mean_rank']:.2f} | " + " | ".join(f"{r:.2f}" for r in rho) + " |")
+    return lines
 
 
 def rewrite(readme: Path, text: str) -> None:
@@ -87,7 +119,9 @@ def main() -> None:
                 from optcmp.config import load_config
 
                 folder = args.reuse / load_config(ROOT / "configs" / "studies" / name).config.name
-                results.append((name, json.loads((folder / "verdict.json").read_text()), None))
+                timed = folder / "study_numbers_seconds.txt"
+                seconds = float(timed.read_text()) if timed.is_file() else None
+                results.append((name, json.loads((folder / "verdict.json").read_text()), seconds))
             else:
                 verdict, seconds = run(ROOT / "configs" / "studies" / name, out)
                 results.append((name, verdict, seconds))

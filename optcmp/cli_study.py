@@ -3,7 +3,6 @@ Progress while the trials and final runs train, then the verdict; cli.py exits w
 status `study_command` returns (0 done, 1 runs failed, 130 interrupted)."""
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +14,6 @@ from optcmp.errors import OptcmpError
 def study_command(loaded, exp_dir: Path, execution, fresh: bool, storage: str | None, console: Console,
                   err_console: Console, ready: Callable[[], None] = lambda: None) -> int:
     """Check the study, run what is left of it, print the verdict; the exit status."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from optcmp.progress import loss_text
     from optcmp.study import Protocol, StudyEvents
     from optcmp.study_run import Study
 
@@ -27,32 +23,54 @@ def study_command(loaded, exp_dir: Path, execution, fresh: bool, storage: str | 
     protocol = Protocol.of(loaded, execution)  # a mistake stops here, before anything is written
     ready()
     in_process = execution.executor == "local" and execution.jobs == 1
-    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console,
-                        transient=True, auto_refresh=in_process)
-    with progress:
-        runs = progress.add_task("runs", total=1, info="")
-        steps = progress.add_task("", total=1, info="", visible=in_process)
-
-        def plan(todo, kept):
-            progress.advance(runs, len(kept))
-
-        def unit_start(unit):
-            more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
-            progress.update(steps, description=unit[0].run_id + more, completed=0, info="")
-
-        def step(unit, s, total, losses):  # the train/loss of each member still training
-            info = loss_text(len(unit), statistics.median(losses), min(losses), len(losses)) if losses else ""
-            progress.update(steps, completed=s, total=total, info=info)
-
-        def run_end(result):
-            progress.advance(runs)
-
-        events = StudyEvents(plan, unit_start, step, run_end, phase=lambda text: progress.console.print(text))
+    where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
+    display = study_progress(err_console, protocol, where)
+    with display:
+        events = StudyEvents(display.plan, display.unit_start, display.step, display.run_end, board=display.attach,
+                             phase=display.print)
         study = Study(protocol, exp_dir, storage, execution, events)
-        progress.update(runs, total=events.total)
         outcome = study.run(fresh)
     return finish(outcome, events.total, console)
+
+
+def study_progress(console: Console, protocol, where: str = "", **kw):
+    """The sweep's display (`progress.SweepProgress`: the overall bar with its ETA, a line per
+    unit in training, plain lines off a terminal) for a study, whose runs are not known at
+    the start: its totals are the study's at most (every trial on every tuning seed, every
+    final run), each run's steps its arm's, known as each round is planned."""
+    from optcmp.progress import SweepProgress
+    from optcmp.study import total_runs
+
+    class StudyProgress(SweepProgress):
+        def __init__(self) -> None:
+            super().__init__(console, [], where, **kw)
+            tune = protocol.tune
+            per_arm = protocol.budget * len(tune.seeds) + len(tune.final_seeds)
+            self.n_runs = total_runs(protocol)
+            self.todo_work = sum(per_arm * self._arm_steps(a.label) for a in protocol.arms)
+            self.progress.update(self.overall, description=f"study runs{where}")
+            self._update_overall()
+
+        def _arm_steps(self, label: str) -> int:
+            return max(1, protocol.totals.get(label) or 1)
+
+        def _steps_of(self, run_id: str, role: str, config_id: str) -> int:
+            label = config_id.rsplit("-t", 1)[0] if role == "trial" else config_id
+            return self.steps.setdefault(run_id, self._arm_steps(label))
+
+        def plan(self, todo: list, kept: list) -> None:
+            with self.lock:
+                for spec in todo:
+                    self._steps_of(spec.run_id, spec.role, spec.config_id)
+                for result in kept:  # finished in an earlier attempt
+                    run_id = result["run_id"]
+                    if run_id not in self.ended:
+                        self.ended.add(run_id)
+                        self.done_runs += 1
+                        self.done_work += self._steps_of(run_id, result.get("role", "trial"), result["config_id"])
+                self._update_overall()
+
+    return StudyProgress()
 
 
 def finish(outcome, planned: int, console: Console) -> int:
