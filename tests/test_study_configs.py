@@ -79,3 +79,21 @@ def test_plan_of_a_study_describes_it_without_training(tmp_path):
     assert result.exit_code == 0, result.output
     assert "16 arms: at most 400 runs (320 trial runs in 5 rounds of 10, 3, 3, 3, 1 trials per arm, 80 final runs)" \
         in result.output
+
+
+def test_study_numbers_rewrites_only_its_readme_block(tmp_path):
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("study_numbers", STUDIES.parent.parent / "benchmarks" / "study_numbers.py")
+    numbers = iu.module_from_spec(spec)
+    spec.loader.exec_module(numbers)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# head\n{numbers.BEGIN}\nold numbers\n{numbers.END}\ntail\n")
+    numbers.rewrite(readme, "new numbers\n")
+    assert readme.read_text() == f"# head\n{numbers.BEGIN}\nnew numbers\n{numbers.END}\ntail\n"
+    verdict = {"profiles": {"ratios": {"a": {"x": 1.0, "y": 1.2}, "b": {"x": None, "y": 1.0}}},
+               "ranking": ["y", "x"], "variants": {"y": {"rank": 1, "mean_rank": 1.5}, "x": {"rank": 2, "mean_rank": 1.5}}}
+    assert numbers.profile_table(verdict)[2:] == [
+        "| rank | variant | mean rank | ρ(1) | ρ(1.05) | ρ(1.1) | ρ(1.25) | ρ(1.5) | ρ(2) |", "|---|---|---|---|---|---|---|---|---|",
+        "| 1 | y | 1.50 | 0.50 | 0.50 | 0.50 | 1.00 | 1.00 | 1.00 |",
+        "| 2 | x | 1.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 |"]
