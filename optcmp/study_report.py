@@ -103,7 +103,8 @@ def _figures(s: StudyFolder) -> list[tuple[str, str, Any, str]]:
     finals = (s.verdict or {}).get("final_seeds") or []
     out.append(("final", "The tuned variants on the final seeds", plot_final_curves(s.arms, curves, FINAL_TAGS, x_name),
                 f"Each variant's best trial rerun on the final seeds{' ' + _seed_list(finals) if finals else ''}, which "
-                "played no part in the tuning: the mean over seeds, the band from the lowest to the highest seed."))
+                "played no part in the tuning: the mean over seeds, the band from the lowest to the highest seed"
+                + _left_out(s) + "."))
     profile = (s.verdict or {}).get("profiles")
     if profile:
         n = len(s.verdict.get("workloads", {}))
@@ -113,6 +114,19 @@ def _figures(s: StudyFolder) -> list[tuple[str, str, Any, str]]:
                     "within any τ) is within a factor τ of the best variant's. ρ(1) is the share it wins; the higher "
                     "curve is the better variant across the workloads. Equal curves are drawn a hair apart."))
     return out
+
+
+def _left_out(s: StudyFolder) -> str:
+    """The final runs the curves leave out (diverged ones), said in the caption."""
+    runs = s.runs
+    if "role" not in runs:
+        return ""
+    finals = runs[runs["role"] == "final"]
+    diverged = int((finals["status"] == "diverged").sum())
+    if not diverged:
+        return ""
+    return (f"; {diverged} diverged final run{'s are' if diverged != 1 else ' is'} left out of the curves (the legend's "
+            "n counts the seeds drawn), and counted in the verdict")
 
 
 def _seed_list(seeds: list) -> str:

@@ -145,6 +145,10 @@ def test_the_report_is_one_file_with_the_verdict_first(study_dir):
     assert "1000 bootstrap resamples (numpy default_rng seed 0)" in page
     assert "the band spans the lowest to the highest of the 2 tuning seeds (0, 1)" in page
     assert "final seeds 2–4" in page
+    runs = pd.read_csv(study_dir / "runs.csv")
+    diverged = int(((runs.role == "final") & (runs.status == "diverged")).sum())
+    said = f"{diverged} diverged final runs are left out of the curves"
+    assert (said in page) == (diverged > 1), (diverged, said)
 
 
 def test_the_verdict_rows_are_verdict_json(study_dir):
