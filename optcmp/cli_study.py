@@ -73,6 +73,15 @@ def study_progress(console: Console, protocol, where: str = "", **kw):
     return StudyProgress()
 
 
+def looking_hint(exp_dir: Path) -> str:
+    """How to look at a study: its report, and optuna-dashboard where that extra is installed."""
+    import importlib.util
+
+    board = (f"optcmp board --study {exp_dir}" if importlib.util.find_spec("optuna_dashboard") is not None
+             else f"pip install 'optcmp[dashboard]', then optcmp board --study {exp_dir}")
+    return f"Pictures: optcmp report {exp_dir} (report.html); the trials in optuna-dashboard: {board}"
+
+
 def finish(outcome, planned: int, console: Console) -> int:
     """Print the verdict (or what is left to do) and return the exit status."""
     from optcmp.verdict import verdict_lines
@@ -86,6 +95,7 @@ def finish(outcome, planned: int, console: Console) -> int:
     console.print(f"{finished} of {planned} runs finished{kept}; {outcome.trained} trained in {outcome.seconds:.1f} s")
     console.print(f"Results in {outcome.exp_dir}/ (verdict.json, verdict.md, trials.csv, runs.csv, study.db)",
                   soft_wrap=True)
+    console.print(looking_hint(outcome.exp_dir), soft_wrap=True)
     if outcome.interrupted:
         console.print("Interrupted; run the same command again to go on (finished runs and told trials are kept)")
         return 130

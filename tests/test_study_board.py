@@ -127,3 +127,13 @@ def test_board_study_refusals_are_one_line(tmp_path, study_dir, monkeypatch):
     result = invoke(["board", "--study", str(study_dir)])
     assert result.exit_code == 2
     assert result.output == "optuna-dashboard is not installed: pip install 'optcmp[dashboard]'\n"
+
+
+def test_the_hint_after_a_study_names_the_extra_where_it_is_missing(tmp_path, monkeypatch):
+    from optcmp.cli_study import looking_hint
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "optuna_dashboard" else find_spec(name, *a))
+    assert looking_hint(tmp_path) == (f"Pictures: optcmp report {tmp_path} (report.html); the trials in optuna-dashboard: "
+                                      f"pip install 'optcmp[dashboard]', then optcmp board --study {tmp_path}")
