@@ -259,7 +259,7 @@ class Experiment:
 
     def report(self) -> Path:
         """Write report.html (one self-contained file) and return its path."""
-        from optcmp.report import write_report
+        from optcmp.study_report import write_report
 
         return write_report(self.dir)
 

@@ -1,4 +1,5 @@
-"""`optcmp board`: a TensorBoard server that ends with optcmp.
+"""`optcmp board`: a TensorBoard server that ends with optcmp; `optcmp board --study DIR`:
+optuna-dashboard on the study's Optuna storage, the same way.
 
 The port is checked before TensorBoard starts, so a port in use is one line rather than
 TensorBoard's exit 255 and a page of its log. TensorBoard runs as a child that the kernel
@@ -26,6 +27,43 @@ def serve(directory: Path, host: str, port: int) -> int:
         except KeyboardInterrupt:  # the usual way to stop it
             _end(proc)
             return 0
+
+
+def serve_dashboard(storage: str, host: str, port: int) -> int:
+    """Run optuna-dashboard on the storage URL `storage` until it exits or a stop signal (0)."""
+    code = ("import sys; from optuna_dashboard import run_server; "
+            "run_server(sys.argv[1], host=sys.argv[2], port=int(sys.argv[3]))")
+    cmd = [sys.executable, "-c", code, storage, host, str(port)]
+    with stopping.handled():
+        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent(os.getpid()))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            _end(proc)
+            return 0
+
+
+def study_storage(directory: Path, storage: str | None) -> str:
+    """The Optuna storage URL of the study in `directory`: --storage where given, else its
+    study.db; a study kept elsewhere (`tune --storage`) needs --storage, since study.json
+    holds its URL with the password masked."""
+    if storage:
+        return storage
+    if not directory.is_dir():
+        raise OptcmpError(f"{directory}: no such folder (give a study's folder, e.g. runs/<name> of `optcmp tune`)")
+    if (directory / "study.db").is_file():
+        return f"sqlite:///{(directory / 'study.db').resolve()}"
+    record = directory / "study.json"
+    if record.is_file():
+        import json
+
+        try:
+            url = json.loads(record.read_text()).get("storage")
+        except (OSError, ValueError, AttributeError):
+            url = None
+        if url and url != "study.db":
+            raise OptcmpError(f"{directory}: the study is kept in {url}; give that URL: --storage URL")
+    raise OptcmpError(f"{directory}: no study here (no study.db); give the folder `optcmp tune` wrote, e.g. runs/<name>")
 
 
 def check_port(host: str, port: int) -> None:

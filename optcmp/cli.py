@@ -103,7 +103,7 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.api import load_specs
+    from optcmp.api import load_checked, load_specs
     from optcmp.autoseeds import describe
     from optcmp.config import import_paths
     from optcmp.planning import cheap_probes
@@ -111,7 +111,13 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = load_specs(config, set_, sweep, name, imports=not no_imports)
+    loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
+    if loaded.config.tune is not None:
+        from optcmp.cli_study import plan_study
+
+        plan_study(loaded, experiment_dir(out, loaded.config.name), Execution(engine, jobs=jobs), console)
+        return
+    loaded, specs = load_specs(loaded, imports=not no_imports)
     paths = import_paths(loaded.config)
     if paths:  # before preflight imports them
         console.print("import paths (they run code; --no-imports refuses them): "
@@ -333,8 +339,8 @@ def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
 @app.command()
 def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
-    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training)."""
-    from optcmp.report import write_report
+    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training); a study folder gets its sensitivity, budget and final curves."""
+    from optcmp.study_report import write_report
 
     _imports_done()
     console.print(f"Report: {write_report(exp_dir)}")
@@ -343,14 +349,26 @@ def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. 
 @app.command()
 def board(
     directory: Path = typer.Argument(Path("runs"), help="An output folder or one experiment's, e.g. runs/weight-decay."),
-    port: int = typer.Option(6006, "--port", help="Port to serve on."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to serve on (default 6006; 8080 with --study)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines too."),
+    study: bool = typer.Option(False, "--study", help="optuna-dashboard on the study in DIRECTORY (its study.db) instead."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="With --study: the study's storage URL (`tune --storage`)."),
 ) -> None:
-    """Start TensorBoard on an output folder: scalars, histograms, distributions, HParams."""
+    """Start TensorBoard on an output folder (scalars, histograms, HParams), or with --study optuna-dashboard on a study."""
     import importlib.util
 
-    from optcmp.board import check_port, serve
+    from optcmp.board import check_port, serve, serve_dashboard, study_storage
 
+    if study or storage:
+        if importlib.util.find_spec("optuna_dashboard") is None:
+            err_console.print("optuna-dashboard is not installed: pip install 'optcmp[dashboard]'")
+            raise typer.Exit(2)
+        url = study_storage(directory, storage)
+        port = 8080 if port is None else port
+        check_port(host, port)
+        console.print(f"optuna-dashboard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
+        raise typer.Exit(serve_dashboard(url, host, port))
+    port = 6006 if port is None else port
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra
         err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'")
         raise typer.Exit(2)

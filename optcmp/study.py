@@ -43,7 +43,7 @@ from optcmp.values import shown
 DEFAULT_METRICS = ("best_val_loss", "best_train_loss")  # the summary's default ranking metric
 DEFAULT_REASON = ("the summary's default ranking metric: best-so-far at the evaluation points, the least chaotic "
                   "loss on the reference MLP (benchmarks/chaos_probe.py: the 10 % tail mean is the most chaotic)")
-STUDY_FILES = ("trials.csv", "verdict.json", "verdict.md")
+STUDY_FILES = ("trials.csv", "verdict.json", "verdict.md", "study.json")
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,20 @@ def default_storage(exp_dir: Path) -> str:
 def total_runs(protocol: Protocol) -> int:
     tune = protocol.tune
     return len(protocol.arms) * (protocol.budget * len(tune.seeds) + len(tune.final_seeds))
+
+
+def study_record(protocol: Protocol, storage: str) -> dict[str, Any]:
+    """study.json: what the study is (written from its first round on, before any verdict),
+    so `report` and `board` read a study in progress: the metric, the sampler, the seeds,
+    each arm's space as written, and where its Optuna storage is (`study.db`, or the
+    --storage URL with its password masked)."""
+    tune = protocol.tune
+    return {"name": protocol.config.name, "metric": protocol.metric,
+            "direction": "maximize" if protocol.maximize else "minimize", "sampler": tune.sampler,
+            "budget": protocol.budget, "prune": tune.prune, "sampler_seed": tune.seed,
+            "tuning_seeds": list(tune.seeds), "final_seeds": list(tune.final_seeds), "storage": storage,
+            "arms": [{"label": a.label, "variant": a.variant, "workload": a.workload,
+                      "space": {k: d.model_dump() for k, d in a.space.items()}} for a in protocol.arms]}
 
 
 def kept_result(exp_dir: Path, spec: RunSpec) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from optcmp.runner import clear_experiment, write_plan
 from optcmp.sampling import (DONE, ArmStudy, Space, batch_ends, delete_studies, halving_pruner, open_storage, rung_steps,
                              shown_url)
 from optcmp.study import (STUDY_FILES, Arm, Protocol, StudyEvents, StudyOutcome, arm_config, default_storage,
-                          kept_result, total_runs, trial_spec)
+                          kept_result, study_record, total_runs, trial_spec)
 from optcmp.sweep import RunSpec
 from optcmp.trials import Halving, Outcome, rank_key, ranks, score, trial_row
 from optcmp.units import Execution, Unit, stand_in
@@ -47,6 +47,7 @@ class Study:
         self.p, self.exp_dir = protocol, Path(exp_dir)
         self.execution, self.events = execution or Execution(), events or StudyEvents()
         self.url = storage or default_storage(exp_dir)
+        self.storage_shown = "study.db" if self.url == default_storage(exp_dir) else shown_url(self.url)
         self.events.total = total_runs(protocol)
         self.specs: dict[str, RunSpec] = {}
         self.place: dict[str, tuple] = {}  # run id → its place in plan order
@@ -303,6 +304,7 @@ class Study:
         if results:
             write_runs_csv(self.exp_dir, results)
         atomic_write_text(self.exp_dir / "trials.csv", self._trials_csv())
+        atomic_write_text(self.exp_dir / "study.json", json.dumps(study_record(self.p, self.storage_shown), indent=2) + "\n")
         if any(self.results.get(i) for ids in self.finals.values() for i in ids):
             write_summary(self.exp_dir, self.p.metric)
         if self.verdict is not None:

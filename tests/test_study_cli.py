@@ -107,6 +107,8 @@ def test_a_study_prints_its_verdict_and_a_rerun_trains_nothing(write_config, tmp
         "the best trial of each rerun on final seeds 1, 2.")
     assert f"- {verdict['comparisons'][0]['sentence']}" in lines
     assert "8 of 8 runs finished; 8 trained in" in first.output
+    assert (f"Pictures: optcmp report {out / 'cli'} (report.html); the trials in optuna-dashboard: "
+            f"optcmp board --study {out / 'cli'}") in lines
     assert (out / "cli" / "verdict.md").read_text().startswith("# Verdict\n\nEach variant tuned with 2 trials")
     again = CliRunner().invoke(app, ["run", str(path), "--out", str(out)])
     assert again.exit_code == 0 and "8 of 8 runs finished (8 kept from an earlier attempt); 0 trained in" in again.output
