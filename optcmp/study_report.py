@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from optcmp.display import significant, with_uncertainty
