@@ -66,12 +66,13 @@ def main() -> None:
           f"{load()}")
     with tempfile.TemporaryDirectory(prefix="optcmp-ab-") as tmp:
         tmp = Path(tmp)
-        config = tmp / "sweep.yaml"
-        config.write_text(reference_sweep(args.members, args.steps))
+        configs = {"this tree": tmp / "sweep.yaml", args.commit: tmp / "sweep-parent.yaml"}
+        configs["this tree"].write_text(reference_sweep(args.members, args.steps))  # no chaos probes
+        configs[args.commit].write_text(reference_sweep(args.members, args.steps, probes_key=False))  # none yet
         times: dict[str, list[float]] = {label: [] for label in trees}
         for _ in range(args.repeats):
             for label, tree in trees.items():  # alternating
-                t, runs = run(tree, config, tmp / "out", args.jobs)
+                t, runs = run(tree, configs[label], tmp / "out", args.jobs)
                 if runs != args.members:
                     sys.exit(f"{label} trained {runs} runs, not {args.members}")
                 times[label].append(t.seconds)

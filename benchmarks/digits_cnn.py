@@ -59,6 +59,7 @@ sweep:
   optimizers.sgdm.lr: [0.01, 0.03]
   optimizers.lion.lr: [0.0001, 0.0003]
 log: {{every: {every}, histograms: {{every: 100}}}}
+summary: {{chaos: off}}  # the 24 runs alone: probes would be trained by the vectorized engine only
 """
 
 

@@ -59,6 +59,7 @@ sweep:
   optimizer.name: [adam, adamw]
   optimizer.weight_decay: {decays}
 log: {{every: 10, histograms: {{every: 100}}}}
+summary: {{chaos: off}}  # like for like with the hand-written loop: no chaos probes
 """
 
 

@@ -68,35 +68,49 @@ def _as_sets(overrides: Overrides, option: str) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
-               imports: bool = True):
-    """Load and validate a config (a path, YAML text or a dict) with its overrides and expand
-    its sweep, importing nothing yet: (LoadedConfig, [RunSpec]). `imports=False`
-    (`--no-imports`) refuses every import path the config names."""
-    from optcmp.config import load_config
-    from optcmp.sweep import expand
+def load_checked(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+                 imports: bool = True):
+    """Load and validate a config (a path, YAML text or a dict) with its overrides, importing
+    nothing yet: a LoadedConfig. `imports=False` (`--no-imports`) refuses every import path
+    the config names."""
+    from optcmp.config import LoadedConfig, load_config
 
+    if isinstance(config, LoadedConfig):
+        return config
     sets = _as_sets(overrides, "--set")
     if name is not None:  # the last --set: it wins; quoted, so `2024` stays a string
         sets.append(f"name={json.dumps(name)}")
     path, parsed = _parsed(config)
-    loaded = load_config(path, sets, _as_sets(sweeps, "--sweep"), imports=imports, parsed=parsed)
+    return load_config(path, sets, _as_sets(sweeps, "--sweep"), imports=imports, parsed=parsed)
+
+
+def load_specs(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
+               imports: bool = True):
+    """`load_checked`, then the sweep expanded: (LoadedConfig, [RunSpec])."""
+    from optcmp.sweep import expand
+
+    loaded = load_checked(config, overrides, sweeps, name, imports)
     return loaded, expand(loaded.config)
 
 
 def prepare(config: ConfigLike, overrides: Overrides = None, sweeps: Overrides = None, name: str | None = None,
-            imports: bool = True):
+            imports: bool = True, engine: str = "auto"):
     """`load_specs`, then build every run once without training (the preflight, dry step
-    included): (LoadedConfig, [RunSpec], [ResolvedRun])."""
+    included): (LoadedConfig, [RunSpec], [ResolvedRun]), without the chaos probes of
+    `summary.chaos: auto` that `engine` would train one by one (`planning.cheap_probes`).
+    `config` may be a LoadedConfig."""
+    from optcmp.planning import cheap_probes
     from optcmp.runner import preflight
 
     loaded, specs = load_specs(config, overrides, sweeps, name, imports)
-    return loaded, specs, preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    kept = {run.spec.run_id for run in runs}
+    return loaded, [s for s in specs if s.run_id in kept], runs
 
 
 def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overrides = None, sweeps: Overrides = None,
         name: str | None = None, engine: str = "auto", jobs: int = 1, threads: int = 1, executor: str = "local",
-        fresh: bool = False, quiet: bool = True, imports: bool = True) -> Experiment:
+        fresh: bool = False, quiet: bool = True, imports: bool = True, storage: str | None = None) -> Experiment:
     """Train every run of `config` into `out/<name>/`, as `optcmp run` does, and return the
     Experiment. A rerun keeps the runs that finished (`fresh=True` starts over);
     `imports=False` refuses import paths, as `--no-imports` does.
@@ -104,20 +118,46 @@ def run(config: ConfigLike, out: str | os.PathLike = "runs", *, overrides: Overr
     `overrides`: `["optimizer.lr=0.001"]` or `{"optimizer.lr": 0.001}` (as `--set`);
     `sweeps`: `["optimizer.weight_decay=0.01,0.1"]` or `{"optimizer.weight_decay": [0.01, 0.1]}`
     (as `--sweep`). Failed runs are in `.runs` with status `failed`; Ctrl-C stops the sweep
-    (runs.csv and the summary are written first) and raises KeyboardInterrupt."""
+    (runs.csv and the summary are written first) and raises KeyboardInterrupt.
+
+    A config with `tune:` runs its study (`optcmp.study`; `storage`: an SQLAlchemy URL for
+    the Optuna storage, default `study.db` in the folder): the experiment's `.verdict` and
+    `.trials` hold the outcome."""
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Events, Execution, experiment_dir, run_sweep
 
     execution = Execution(engine, executor, jobs, threads)
-    loaded, specs, runs = prepare(config, overrides, sweeps, name, imports)
+    loaded = load_checked(config, overrides, sweeps, name, imports)
     exp_dir = experiment_dir(Path(out), loaded.config.name)
+    if loaded.config.tune is not None:
+        return _run_study(loaded, exp_dir, execution, fresh, quiet, storage)
+    loaded, specs, runs = prepare(loaded, engine=engine)
     events = Events() if quiet else Events(run_end=_say_run)
-    outcome = run_sweep(loaded, specs, exp_dir, events, execution, fresh, runs)
+    # the sweep, or with seeds: auto its rounds (their decisions printed unless quiet)
+    outcome, _ = run_experiment(
+        loaded.config.seeds_auto, runs, exp_dir,
+        lambda planned, first: run_sweep(loaded, [r.spec for r in planned], exp_dir, events, execution, fresh and first, planned),
+        loaded.config.summary.primary, (lambda line: None) if quiet else print)
     experiment = Experiment(exp_dir)
     if not quiet and outcome.results:
         experiment.show()
     if outcome.interrupted:
         raise KeyboardInterrupt(f"{exp_dir}: interrupted; run again to do the runs left (finished ones are kept)")
     return experiment
+
+
+def _run_study(loaded, exp_dir: Path, execution, fresh: bool, quiet: bool, storage: str | None) -> Experiment:
+    from optcmp.study import StudyEvents
+    from optcmp.study_run import run_study
+    from optcmp.verdict import verdict_lines
+
+    events = StudyEvents() if quiet else StudyEvents(run_end=_say_run, phase=print)
+    outcome = run_study(loaded, exp_dir, storage, execution, events, fresh)
+    if not quiet and outcome.verdict is not None:
+        print("\n".join(verdict_lines(outcome.verdict)))
+    if outcome.interrupted:
+        raise KeyboardInterrupt(f"{exp_dir}: interrupted; run again to go on (finished runs and told trials are kept)")
+    return Experiment(exp_dir)
 
 
 def _say_run(result: dict[str, Any]) -> None:
@@ -134,11 +174,11 @@ def load(directory: str | os.PathLike) -> Experiment:
     return Experiment(directory)
 
 
-def summarize(exp_dir: Path, primary: str | None = None, write: bool = True):
+def summarize(exp_dir: Path, primary: str | None = None, write: bool = True, asked_by: str = "primary"):
     """The summary rebuilt from the run folders (what `optcmp summary` does): with `write`,
     runs.csv and summary.csv/.md/.json are rewritten, ranked by `primary` or else as the
     files were; without, nothing is written."""
-    from optcmp.results import collect_results, flatten, write_runs_csv
+    from optcmp.results import collect_results, flatten, planned_ids, write_runs_csv
     from optcmp.summary import RunTable, aggregate, write_summary
 
     exp_dir = Path(exp_dir)
@@ -147,14 +187,15 @@ def summarize(exp_dir: Path, primary: str | None = None, write: bool = True):
     results = collect_results(exp_dir)
     if not results:
         raise OptcmpError(f"{exp_dir}: no finished runs here (no */result.json); run `optcmp run CONFIG` first")
-    plan_ids = _read_json(exp_dir / "plan.json", [])
-    order = {r["run_id"]: i for i, r in enumerate(plan_ids)} if isinstance(plan_ids, list) else {}
+    order = {run_id: i for i, run_id in enumerate(planned_ids(exp_dir))}  # [] for a damaged plan.json
     results.sort(key=lambda r: order.get(r["run_id"], len(order)))
     if not write:
-        return aggregate(RunTable.of([flatten(r) for r in results]), primary)
+        return aggregate(RunTable.of([flatten(r) for r in results]), primary, asked_by)
     write_runs_csv(exp_dir, results)
     written = _read_json(exp_dir / "summary.json", {})
-    return write_summary(exp_dir, primary or (written.get("primary") if isinstance(written, dict) else None))
+    if primary is not None:
+        return write_summary(exp_dir, primary, asked_by)
+    return write_summary(exp_dir, written.get("primary") if isinstance(written, dict) else None)
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -176,13 +217,30 @@ class Experiment:
 
     @property
     def runs(self):
-        """runs.csv as a DataFrame: one row per run (config × seed)."""
-        return self._csv("runs.csv")
+        """runs.csv as a DataFrame: one row per run (config × seed); a damaged one is
+        rebuilt from the run folders first."""
+        from optcmp.summary import read_runs
+
+        return read_runs(self.dir)
 
     @property
     def summary(self):
         """summary.csv as a DataFrame: one row per config, best first."""
         return self._csv("summary.csv")
+
+    @property
+    def trials(self):
+        """A study's trials.csv as a DataFrame: one row per trial (variant, trial, status, its
+        values, the tuning metric, rank …)."""
+        return self._csv("trials.csv")
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """A study's verdict.json: the tuned variants compared on the final seeds."""
+        path = self.dir / "verdict.json"
+        if not path.is_file():
+            raise OptcmpError(f"{path}: missing; a study writes it once its final runs are done (run it again to go on)")
+        return json.loads(path.read_text())
 
     def _csv(self, name: str):
         import pandas as pd
@@ -201,7 +259,7 @@ class Experiment:
 
     def report(self) -> Path:
         """Write report.html (one self-contained file) and return its path."""
-        from optcmp.report import write_report
+        from optcmp.study_report import write_report
 
         return write_report(self.dir)
 
@@ -223,7 +281,8 @@ class Experiment:
     def _table(self, metric: str | None):
         from optcmp.summary import aggregate, read_run_table
 
-        primary = metric or _read_json(self.dir / "summary.json", {}).get("primary")
+        written = _read_json(self.dir / "summary.json", {})
+        primary = metric or (written.get("primary") if isinstance(written, dict) else None)
         return aggregate(read_run_table(self.dir), primary)
 
     def __repr__(self) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -104,23 +103,33 @@ def plan(config: Path = CONFIG_ARG, set_: list[str] = SET_OPT, sweep: list[str] 
     together as one vectorized model, without training."""
     from rich.table import Table
 
-    from optcmp.api import load_specs
+    from optcmp.api import load_checked, load_specs
+    from optcmp.autoseeds import describe
     from optcmp.config import import_paths
+    from optcmp.planning import cheap_probes
     from optcmp.runner import Execution, experiment_dir, plan_units, preflight
 
     Execution(engine, jobs=jobs)  # checks the values
 
-    loaded, specs = load_specs(config, set_, sweep, name, imports=not no_imports)
+    loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
+    if loaded.config.tune is not None:
+        from optcmp.cli_study import plan_study
+
+        plan_study(loaded, experiment_dir(out, loaded.config.name), Execution(engine, jobs=jobs), console)
+        return
+    loaded, specs = load_specs(loaded, imports=not no_imports)
     paths = import_paths(loaded.config)
     if paths:  # before preflight imports them
         console.print("import paths (they run code; --no-imports refuses them): "
                       + ", ".join(f"{k} = {p}" for k, p in paths), soft_wrap=True)
-    runs = preflight(loaded, specs)
+    runs = cheap_probes(preflight(loaded, specs), engine)
+    specs = [r.spec for r in runs]
     _imports_done()
     units = plan_units(runs, engine, jobs)  # before any output: --engine vectorized may refuse
     exp_dir = experiment_dir(out, loaded.config.name)
     keys = list(dict.fromkeys(k for s in specs for k in s.params))  # a variant's own axes: its runs only
-    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold")
+    auto = loaded.config.seeds_auto  # seeds: auto lists every seed it may train
+    table = Table(title=f"{len(specs)} runs → {exp_dir}", header_style="bold", caption=auto and describe(auto))
     for col in ["run_id", *keys, "seed"]:
         table.add_column(col)
     for s in specs:
@@ -170,6 +179,7 @@ def _print_groups(runs) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path = CONFIG_ARG,
     out: Path = OUT_OPT,
     set_: list[str] = SET_OPT,
@@ -183,25 +193,47 @@ def run(
     fresh: bool = typer.Option(False, "--fresh", help="Discard this experiment's earlier results and start over (default: keep finished runs, do the rest)."),
     name: Optional[str] = NAME_OPT,
     no_imports: bool = NO_IMPORTS_OPT,
+    storage: Optional[str] = typer.Option(None, "--storage", help="A study's Optuna storage, any SQLAlchemy URL Optuna supports (default: sqlite study.db in the experiment folder)."),
 ) -> None:
-    """Train every run of the config and write the summary; a rerun skips runs that finished.
+    """Train every run of the config and write the summary (a config with tune: runs its study); a rerun skips runs that finished.
 
     Exit status: 0 all runs ok or diverged, 1 some failed, 2 a mistake in the input, 130 interrupted."""
-    from optcmp.api import prepare
+    import optcmp.stopping as stopping
+    from optcmp.api import load_checked, prepare
+    from optcmp.progress import run_with_progress
+    from optcmp.compare_view import wrapped
+    from optcmp.rounds import run_experiment
     from optcmp.runner import Execution, experiment_dir
 
     execution = Execution(engine, executor, jobs, threads, address, gpus_per_run)
     _warn_oversubscribed(execution)
     try:
-        with _sigterm_as_interrupt():
-            loaded, specs, runs = prepare(config, set_, sweep, name, imports=not no_imports)
-            _imports_done()
+        # SIGTERM (`kill`, a job scheduler) stops like Ctrl-C. Before the sweep either one
+        # stops at once (nothing is written yet); from the sweep on it is recorded and
+        # acted on where every folder is whole (see optcmp.stopping): runs marked, summary written.
+        with stopping.handled():
+            loaded = load_checked(config, set_, sweep, name, imports=not no_imports)
             exp_dir = experiment_dir(out, loaded.config.name)
-            outcome = _run_with_progress(loaded, specs, exp_dir, execution, fresh, runs)
+            if loaded.config.tune is not None or ctx.info_name == "tune":
+                from optcmp.cli_study import study_command
+
+                raise typer.Exit(study_command(loaded, exp_dir, execution, fresh, storage, console, err_console, _imports_done))
+            loaded, specs, runs = prepare(loaded, engine=engine)
+            _imports_done()
+            with stopping.deferred():
+                outcome, planned = run_experiment(  # the sweep, or with seeds: auto its rounds, each decision said
+                    loaded.config.seeds_auto, runs, exp_dir, lambda planned, first: run_with_progress(
+                        err_console, loaded, [r.spec for r in planned], planned, exp_dir, execution, fresh and first,
+                        resuming=first),
+                    loaded.config.summary.primary,  # a round's lines, wrapped deeper than the pair lines under it
+                    lambda line: [console.print(part, soft_wrap=True) for part in wrapped([line], console.width, hang=4)])
+                _finish(exp_dir, outcome, planned, loaded.config.summary.primary, stopping.requested)
     except KeyboardInterrupt:  # before the sweep began: nothing to summarize
         err_console.print("interrupted")
         raise typer.Exit(130) from None
-    _finish(exp_dir, outcome, len(specs), loaded.config.summary.primary)
+
+
+app.command("tune", help="Run a study (a config with tune:): each variant tuned with the same budget, compared on fresh seeds.")(run)
 
 
 def _warn_oversubscribed(execution) -> None:
@@ -213,65 +245,9 @@ def _warn_oversubscribed(execution) -> None:
                           f"on {cores} cores: the runs will slow each other down")
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """`kill` or a job scheduler's SIGTERM stops the sweep like Ctrl-C: runs marked, summary written."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _run_with_progress(loaded, specs, exp_dir: Path, execution, fresh: bool, runs=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from optcmp.runner import Events, run_sweep
-
-    in_process = execution.executor == "local" and execution.jobs == 1
-    where = "" if in_process else " on Ray" if execution.executor == "ray" else f" in {execution.jobs} processes"
-    # Workers may be forked from this process: no display thread may hold a lock then.
-    progress = Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=in_process,
-    )
-    with progress:
-        runs_task = progress.add_task(f"runs{where}", total=len(specs), info="")
-        step_task = progress.add_task("", total=1, info="", visible=in_process)
-
-        def plan(todo, kept):
-            progress.update(runs_task, completed=len(kept))
-            if kept:
-                progress.console.print(
-                    f"Resuming {exp_dir}: {len(kept)} of {len(specs)} runs finished earlier and are kept; "
-                    f"{len(todo)} to run (--fresh starts over)", soft_wrap=True)
-
-        def unit_start(unit):
-            more = f" and {len(unit) - 1} more" if len(unit) > 1 else ""
-            progress.update(step_task, description=unit[0].run_id + more, completed=0, info="")
-
-        def step(unit, s, total, loss):
-            progress.update(step_task, completed=s, total=total, info=f"loss {loss:.4g}")
-
-        def run_end(result):
-            progress.advance(runs_task)
-            if not in_process:
-                progress.refresh()
-
-        return run_sweep(loaded, specs, exp_dir, Events(plan, unit_start, step, run_end), execution, fresh, runs)
-
-
-def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> None:
+def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str], stopped=lambda: False) -> None:
+    """The summary table and the counts; exit 130 when the sweep was stopped (`stopped()`:
+    also by a signal that came while this was printing), 1 when runs failed."""
     from optcmp.display import title
     from optcmp.summary import aggregate, read_run_table
 
@@ -284,7 +260,9 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     counts = {s.value: sum(r["status"] == s for r in results) for s in Status}
     new = [r for r in results if r["run_id"] not in outcome.kept]
     seconds = sum((r["metrics"] or {}).get("seconds") or 0 for r in new)
-    kept = f" ({len(outcome.kept)} kept from an earlier attempt)" if outcome.kept else ""
+    probes = sum(r.get("role") == "ulp" for r in results)
+    said = [f"{probes} chaos probe{'s' if probes != 1 else ''}"] * bool(probes) + [f"{len(outcome.kept)} kept from an earlier attempt"] * bool(outcome.kept)
+    kept = f" ({'; '.join(said)})" if said else ""
     console.print(
         f"{len(results)} of {planned} runs: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none finished")
         + kept + (f"; {seconds:.1f} s of training in {outcome.seconds:.1f} s" if outcome.todo else ""),
@@ -297,10 +275,13 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str]) -> Non
     if results:
         console.print(f"Results in {exp_dir}/ (summary.csv, summary.md, summary.json, runs.csv)")
         console.print(tensorboard_hint(exp_dir), soft_wrap=True)
-    if outcome.interrupted:
+    if outcome.interrupted or stopped():
         left = planned - len(results) + counts["interrupted"]
-        console.print(f"Interrupted with {left} of {planned} runs left to do; "
-                      "run the same command again to do them (finished runs are kept)")
+        if left:
+            console.print(f"Interrupted with {left} of {planned} runs left to do; "
+                          "run the same command again to do them (finished runs are kept)")
+        else:
+            console.print("Interrupted as the last runs finished: none is left to do")
         raise typer.Exit(130)
     if counts["failed"]:
         console.print(f"{counts['failed']} run(s) failed; running the same command again retries them")
@@ -331,34 +312,35 @@ def summary(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g.
 
     _imports_done()
     dry = primary is not None and not write
-    table = summarize(exp_dir, primary, write=not dry)
+    table = summarize(exp_dir, primary, write=not dry, asked_by="--metric")
     note = " (files unchanged; --write saves this ranking)" if dry else ""
     _print_summary(table, title(exp_dir.name, table) + note, wide)
 
 
 @app.command()
 def compare(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay."),
-            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: val_loss where there is one, else train_loss)."),
+            metric: Optional[str] = typer.Option(None, "--metric", help="Compare on this metric (default: best_val_loss where there is a validation split, else best_train_loss)."),
             baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each config against this config_id instead of every pair.")) -> None:
     """Test whether configs really differ or only by seed noise; write compare.csv (no training)."""
-    from optcmp.compare import write_compare
-    from optcmp.display import compare_table
+    from optcmp.compare import compare_notes, read_runs, write_compare
+    from optcmp.compare_view import compare_lines, compare_table, wrapped
 
     _imports_done()
     frame = write_compare(exp_dir, metric, baseline)
     if frame.empty:
         console.print(f"{exp_dir}: one config only; nothing to compare")
         return
-    for sentence in frame["sentence"]:
-        console.print(f"• {sentence}", soft_wrap=True)  # one line each: quotable, greppable
-    console.print(compare_table(frame))
+    lines = compare_lines(frame, compare_notes(read_runs(exp_dir), frame["metric"].iloc[0]), exp_dir)
+    for line in wrapped(lines, console.width):
+        console.print(line, soft_wrap=True)
+    console.print(compare_table(frame, console.width))
     console.print(f"Written {exp_dir / 'compare.csv'}")
 
 
 @app.command()
 def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. runs/weight-decay.")) -> None:
-    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training)."""
-    from optcmp.report import write_report
+    """Write report.html, one self-contained file: the verdict, loss, weight and per-seed plots, the tables (no training); a study folder gets its sensitivity, budget and final curves."""
+    from optcmp.study_report import write_report
 
     _imports_done()
     console.print(f"Report: {write_report(exp_dir)}")
@@ -367,31 +349,34 @@ def report(exp_dir: Path = typer.Argument(..., help="An experiment folder, e.g. 
 @app.command()
 def board(
     directory: Path = typer.Argument(Path("runs"), help="An output folder or one experiment's, e.g. runs/weight-decay."),
-    port: int = typer.Option(6006, "--port", help="Port to serve on."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to serve on (default 6006; 8080 with --study)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines too."),
+    study: bool = typer.Option(False, "--study", help="optuna-dashboard on the study in DIRECTORY (its study.db) instead."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="With --study: the study's storage URL (`tune --storage`)."),
 ) -> None:
-    """Start TensorBoard on an output folder: scalars, histograms, distributions, HParams."""
+    """Start TensorBoard on an output folder (scalars, histograms, HParams), or with --study optuna-dashboard on a study."""
     import importlib.util
-    import subprocess
-    import sys
 
+    from optcmp.board import check_port, serve, serve_dashboard, study_storage
+
+    if study or storage:
+        if importlib.util.find_spec("optuna_dashboard") is None:
+            err_console.print("optuna-dashboard is not installed: pip install 'optcmp[dashboard]'")
+            raise typer.Exit(2)
+        url = study_storage(directory, storage)
+        port = 8080 if port is None else port
+        check_port(host, port)
+        console.print(f"optuna-dashboard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
+        raise typer.Exit(serve_dashboard(url, host, port))
+    port = 6006 if port is None else port
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra
         err_console.print("tensorboard is not installed: pip install 'optcmp[tensorboard]'")
         raise typer.Exit(2)
     if not directory.is_dir():
         raise OptcmpError(f"{directory}: no such folder (give the --out folder of `optcmp run`, default runs/)")
+    check_port(host, port)  # TensorBoard itself would exit 255 with a page of its log
     console.print(f"TensorBoard for {directory} on http://{host}:{port}/ (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(directory), "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(cmd)
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:  # the usual way to stop it; a terminal's Ctrl-C reached TensorBoard too
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait()
-        raise typer.Exit(0) from None
+    raise typer.Exit(serve(directory, host, port))
 
 
 def main() -> None:

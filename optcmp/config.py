@@ -296,7 +296,7 @@ def validate(data: Any, source: Source) -> ExperimentConfig:
     """Validate a merged config dict, every value of its sweep axes and every end of its
     search spaces, each at the key it sets."""
     config = _check(_mapping(data, source.path), source)
-    base = config.model_dump(mode="python", exclude={"sweep", "tune"})
+    base = config.model_dump(mode="python", exclude={"sweep", "tune", "workloads"})
     for key, values in config.sweep.items():
         if key != "variant":
             for i, value in enumerate(values):

@@ -175,8 +175,11 @@ def csv_dataset(cfg: DataConfig, base_dir: Path | None) -> tuple[torch.Tensor, t
         if c == cfg.target:
             raise ConfigError("data.columns", f"`{c}` is the target; it cannot also be a feature")
         if not pd.api.types.is_numeric_dtype(frame[c]):
-            raise ConfigError("data.columns", f"column `{c}` is not numeric (e.g. {frame[c].iloc[0]!r}); optcmp does not "
-                              "encode features: list the numeric `columns`, or encode it in the file")
+            text = pd.to_numeric(frame[c], errors="coerce").isna() & frame[c].notna()
+            row = int(text.to_numpy().nonzero()[0][0]) if text.any() else 0
+            raise ConfigError("data.columns", f"column `{c}` is not numeric: {frame[c].iloc[row]!r} on line {row + 2} of "
+                              f"{path.name}; optcmp does not encode features: list the numeric `columns`, or encode it "
+                              "in the file")
     if not features:
         raise ConfigError("data.columns", f"{path.name} has no feature column besides the target `{cfg.target}`")
     used = frame[[*features, cfg.target]]
@@ -205,7 +208,8 @@ def _unpack(out: Any, kind: str) -> tuple[list[Any], str | None]:
         task = out.get("task")
         keys = ("x_train", "y_train", "x_val", "y_val") if "x_train" in out else ("x", "y")
         if not all(k in out for k in keys[:2]):
-            raise ConfigError("data.kind", f"`{kind}` returned a dict with keys {', '.join(map(str, out))}; expected {expected}")
+            keys = f"a dict with keys {', '.join(map(str, out))}" if out else "an empty dict"
+            raise ConfigError("data.kind", f"`{kind}` returned {keys}; expected {expected}")
         arrays = [out.get(k) for k in keys]
     elif isinstance(out, (tuple, list)):
         arrays = list(out)

@@ -277,11 +277,12 @@ def narrow_layout(table, fits) -> Layout | None:
 
 def _wrap(entries: list[str], width: int, first: str = "", indent: str = "  ", sep: str = " · ") -> list[str]:
     """Entries joined by `sep` into lines of at most `width` (after `first`, then `indent`),
-    never breaking an entry."""
+    never breaking an entry; a comma separator stays at the end of a broken line."""
     lines, line, empty = [], first, True
+    end = sep.rstrip() if sep.strip() == "," else ""
     for entry in entries:
-        if len(line) + len(sep) * (not empty) + len(entry) > width and line.strip():
-            lines.append(line.rstrip())
+        if len(line) + len(sep) * (not empty) + len(entry) + len(end) > width and line.strip():
+            lines.append(line.rstrip() + (end if not empty else ""))
             line, empty = indent, True
         line += ("" if empty else sep) + entry
         empty = False
@@ -313,8 +314,14 @@ def markdown(table) -> str:
     body = ["| " + " | ".join(c.cells[i].replace("|", "\\|") for c in cols) + " |" for i in range(len(table.rows))]
     ranked = f"Ranked by {table.ranked_by} (mean over seeds)" if table.ranked_by else "Not ranked"
     note = f"{ranked}; ± is the standard deviation over seeds, n the seeds that finished ok; 95% intervals in summary.csv.\n"
-    notes_ = "".join(f"\n{n[0].upper()}{n[1:]}.\n" for n in table.notes)
+    notes_ = "".join(f"\n{_sentence_case(n)}.\n" for n in table.notes)
     return "\n".join([head, sep, *body]) + "\n\n" + note + notes_
+
+
+def _sentence_case(note: str) -> str:
+    """A note as a sentence: capitalized, unless it begins with a metric's name (`val_loss is …`)."""
+    first = note.split(" ", 1)[0]
+    return note if "_" in first else note[:1].upper() + note[1:]
 
 
 # --- drawing (rich) -----------------------------------------------------------------
@@ -368,7 +375,9 @@ def summary_view(table, width: int, wide: bool = False, title: str | None = None
     from rich.text import Text
 
     heading = [Text(title, style="bold")] if title else []
-    said = [Text(line) for note in table.notes for line in textwrap.wrap(note, width, subsequent_indent="  ")]
+    # "2.2 %" stays on one line: wrapped with a no-break space, shown with a space
+    said = [Text(line.replace("\u00a0", " ")) for note in table.notes
+            for line in textwrap.wrap(note.replace(" %", "\u00a0%"), width, subsequent_indent="  ")]
     if wide:
         return Group(*heading, rich_table(wide_layout(table).columns), *said)
     layout = narrow_layout(table, lambda cols: table_width(cols) <= width)
@@ -417,23 +426,3 @@ def html_summary(table, width: int | None = None, more: str = "every column belo
     if layout is None:
         return html_table(wide_layout(table).columns)
     return html_table(layout.columns) + "".join(f'<p class="note">{html.escape(line)}</p>' for line in notes(layout, width, more))
-
-
-def compare_table(frame):
-    """`compare`'s rows as a rich Table (the sentences are printed apart, one line each)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    def num(x) -> str:
-        return "–" if x != x else f"{x:.3g}"  # x != x: NaN, where a test was not possible
-
-    title = f"{frame['metric'].iloc[0]}: paired where configs share seeds, Holm-corrected"
-    table = Table(title=Text(title), header_style="bold")
-    for col in ("a", "b", "test", "n", "mean a", "mean b", "rel. diff", "effect d", "p", "p (Holm)", ""):
-        table.add_column(col, justify="left" if col in ("a", "b", "test") else "right")
-    for r in frame.itertuples(index=False):
-        n = str(r.n_pairs) if r.n_pairs else f"{r.n_a}/{r.n_b}"
-        rel = "–" if r.rel_diff != r.rel_diff else f"{r.rel_diff:+.1%}"
-        table.add_row(*map(Text, (r.config_a, r.config_b, r.test, n, num(r.mean_a), num(r.mean_b), rel,
-                                  num(r.effect_size), num(r.p_value), num(r.p_holm), "*" if r.significant else "")))
-    return table

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import types
-import warnings
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,8 @@ An engine gives the loop its runs as *members* (`Members`): the sequential engin
 torch.optim optimizer and an nn.Module; the vectorized engine M, stacked. The loop drives
 them through steps or epochs, each member with its own shuffle order; checks divergence;
 logs the scalars (their tags and order declared once, in `SCALARS`) and histograms at the
-configured steps; asks the caller's `should_stop` hook at each evaluation point; and ends
+configured steps; asks the caller's `should_stop` hook at each evaluation point (once for
+all open members: see `units.ShouldStop`); and ends
 each member's run folder (`rundir.RunFolder`): a member that diverges or is pruned leaves,
 the others go on, their numbers unchanged bit for bit (a member that left is still computed
 with the others, never removed from the stacked tensors).
@@ -18,7 +19,6 @@ of a log point's tensor columns reach the host in one transfer).
 from __future__ import annotations
 
 import math
-import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -32,7 +32,8 @@ from optcmp.data import batch_size_of, epoch_batches, shuffle_generator, steps_p
 from optcmp.errors import OptcmpError
 from optcmp.metrics import Trajectory, final_metrics
 from optcmp.resolve import ResolvedRun
-from optcmp.results import Status
+from optcmp.results import Status, no_space
+import optcmp.stopping as stopping
 from optcmp.rundir import RunFolder, in_threads
 from optcmp.tb.logger import log_histograms
 from optcmp.units import Progress, ShouldStop
@@ -201,6 +202,7 @@ class Loop:
             for k in range(len(batches[0])):
                 if step >= total or not self.any_open():
                     break
+                stopping.check()  # a stop signal ends the members still training here, between two steps
                 log_step = not self.by_epoch and (step % every == 0 or step == total - 1)
                 # the weights after the step's update, the last step's (the final weights) too
                 hist_step = hist_every > 0 and not self.by_epoch and (step % hist_every == 0 or step == total - 1)
@@ -244,7 +246,7 @@ class Loop:
     def log_point(self, x: int, losses: Column, after_step: bool, progress_step: int, epoch: int | None = None) -> None:
         """Log the scalars of every open member at `x` (a step, or an epoch) whose weights
         have had `progress_step` optimizer steps, keep its evaluation point, then ask the
-        `should_stop` hook about each."""
+        `should_stop` hook about all of them at once."""
         open_members = self.open()
         if not open_members:
             return
@@ -264,8 +266,10 @@ class Loop:
             columns["epoch"] = [float(epoch)] * self.members.size
         tags = ordered(tuple(columns))
         rows = member_rows([*(columns[t] for t in tags), full_train])  # the full-set loss last, not logged
+        train_values = {}
         for m in open_members:
             row, trajectory = rows[m][:-1], self.trajectories[m]
+            train_values[m] = rows[m][-1]
             trajectory.add("train_loss", train_done, rows[m][-1])
             for metric, tag in (("val_loss", "val/loss"), ("val_accuracy", "val/accuracy")):
                 if tag in columns:
@@ -273,10 +277,11 @@ class Loop:
             self.folders[m].log(x, tags, row)
             rows[m] = row
         if self.progress is not None:
-            self.progress(progress_step, self.total, statistics.median(rows[m][0] for m in open_members))
+            self.progress(progress_step, self.total, [rows[m][tags.index("train/loss")] for m in open_members])
         if self.should_stop is not None:
-            for m in open_members:
-                if self.should_stop(m, x, dict(zip(tags, rows[m]))):
+            values = {m: {**dict(zip(tags, rows[m])), "train_loss": full} for m, full in train_values.items()}
+            for m in sorted(set(self.should_stop(x, values))):
+                if m in values:
                     self.folders[m].finish(Status.PRUNED, self.share(), pruned_step=x)
 
     def finish(self, steps: int) -> None:
@@ -333,25 +338,43 @@ def execute_members(runs: list[ResolvedRun], exp_dir: Path, engine: str, device:
                     build: Callable[[], tuple[Members, int]], progress: Progress | None = None,
                     should_stop: ShouldStop | None = None) -> list[dict[str, Any]]:
     """Prepare the runs' folders, build the members (`build()` → members and the training
-    set's size), train them, and record how each ended; returns their results, in order."""
+    set's size), train them, and record how each ended; returns their results, in order.
+
+    A stop signal (see `stopping`) is looked for once the folders are prepared, once the
+    members are built and before each step: the runs still training are then recorded
+    `interrupted`; ones that had finished keep their result."""
     folders = in_threads(lambda run: RunFolder(run, exp_dir, engine, device), runs)
     start = time.perf_counter()
     share = lambda: (time.perf_counter() - start) / len(runs)  # noqa: E731
     try:
+        stopping.check()
         members, n_train = build()
+        stopping.check()
         Loop(members, folders, device, n_train, progress, should_stop).run()
     except KeyboardInterrupt:
-        for f in folders:
-            if not f.done:
-                f.interrupt(share())
+        seconds = share()
+        in_threads(lambda f: f.interrupt(seconds), [f for f in folders if not f.done])
     except OptcmpError:
-        for f in folders:
-            if not f.done:
-                f.abandon()
+        _abandon(folders)
         raise
     except Exception as e:  # noqa: BLE001 - a run that raises must not stop the sweep
+        full = no_space(e)  # ... unless the disk is full: every run after it would fail too
+        if full is not None:
+            _abandon(folders)
+            raise full from None
         text = traceback.format_exc()
         for f in folders:
             if not f.done:
                 f.fail(e, text, share())
     return [f.result for f in folders]
+
+
+def _abandon(folders: list[RunFolder]) -> None:
+    """No result for the runs still open (they are redone next time); closing a logger on a
+    full disk may fail again, which changes nothing."""
+    for f in folders:
+        if not f.done:
+            try:
+                f.abandon()
+            except Exception:  # noqa: BLE001
+                pass

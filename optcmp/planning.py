@@ -64,6 +64,20 @@ def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1, max
     return units
 
 
+def cheap_probes(runs: list[ResolvedRun], engine: str = "auto") -> list[ResolvedRun]:
+    """`runs` without the chaos probes that `summary.chaos: auto` asks for only where they are
+    cheap: a probe (role "ulp") of such a config is kept where it joins its seeds' vectorized
+    group (it shares their group key), and dropped where its config's runs train one by one
+    (a run that cannot be vectorized, or `--engine sequential`). `on` keeps every probe."""
+    def wanted(run: ResolvedRun) -> bool:
+        spec = run.spec
+        if spec.role != "ulp" or spec.config.summary.chaos != "auto":
+            return True
+        return engine != "sequential" and run.group_key is not None
+
+    return [run for run in runs if wanted(run)]
+
+
 def pieces(members: list, size: int) -> list[list]:
     """`members` cut into the fewest near-equal consecutive pieces of at most `size`."""
     n = math.ceil(len(members) / max(size, 1))

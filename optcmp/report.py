@@ -25,7 +25,7 @@ import pandas as pd
 from optcmp.compare import compare_configs, higher_is_better, ok_runs
 from optcmp.display import html_summary, title, with_uncertainty
 from optcmp.errors import OptcmpError
-from optcmp.results import atomic_write_text
+from optcmp.results import atomic_write_text, planned_ids
 from optcmp.summary import RunTable, aggregate, default_primary, mean_ci, read_runs
 
 # The PNGs reports wrote beside report.html before it embedded its images; removed so that
@@ -69,7 +69,8 @@ def write_report(directory: str | Path) -> Path:
         ("Loss", _plot_curves(curves, LOSS_TAGS, colors, x_name, log=True), band),
         (f"Final {metric} per seed", _plot_final(good, metric, colors),
          "One dot per seed, grey lines joining the runs of one seed; the bar is the mean over seeds "
-         "and the vertical line beside it its 95% Student t interval."),
+         "and the vertical line beside it its 95% Student t interval, clipped to the metric's range "
+         "(a loss is never below 0, an accuracy never above 1)."),
         ("Final weight distributions", _plot_weights(weights, colors),
          "Every final parameter of a run in one histogram, on bins shared by all runs; per config the mean "
          f"density over seeds, {_BAND} (in grey, the other configs' means)."),
@@ -97,10 +98,7 @@ def _ranking_metric(directory: Path, runs: pd.DataFrame) -> str:
 
 def _planned(directory: Path) -> list[str]:
     """The run ids of the last `optcmp run`'s plan, so an interrupted sweep shows what is missing."""
-    try:
-        return [r["run_id"] for r in json.loads((directory / "plan.json").read_text())]
-    except (OSError, ValueError, TypeError, KeyError):  # no plan (an older or copied folder), or a foreign one
-        return []
+    return planned_ids(directory)  # [] without a plan (an older or copied folder), or a damaged one
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
@@ -284,7 +282,7 @@ def _plot_final(good: pd.DataFrame, metric: str, colors: dict):
         values = good.loc[good["config_id"] == config, metric].dropna().to_numpy(dtype=float)
         x = x_of[config]
         ax.scatter(np.full(len(values), x), values, color=colors[config], s=18, zorder=3)
-        mean, _, low, high = mean_ci(values)
+        mean, _, low, high = mean_ci(values, metric=metric)  # inside the metric's range (a loss ≥ 0)
         ax.hlines(mean, x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
         if np.isfinite(low):
             ax.vlines(x + 0.3, low, high, color="black", linewidth=1.2, zorder=4)
@@ -311,12 +309,12 @@ def _verdict(runs: pd.DataFrame, summary) -> tuple[str, str]:
     """(the verdict's HTML, the comparison table's HTML): the significant differences in
     the ranking metric, or that there are none, the best config, and the rest collapsed."""
     metric = summary.primary
-    best = ""
-    if summary.rows and f"{metric}_mean" in summary.columns:
+    best = "".join(f'<p class="note">{html.escape(note)}.</p>' for note in summary.notes)  # one seed, chaos
+    if summary.ranked_by and summary.rows and f"{metric}_mean" in summary.columns:  # one seed ranks nothing
         top = summary.rows[0]
         spread = with_uncertainty(top[f"{metric}_mean"], top.get(f"{metric}_std"))
         best = (f"<p>Best by {html.escape(metric)}: <b>{html.escape(str(top['config_id']))}</b> "
-                f"({html.escape(spread)}, {top['n']} seed{'s' if top['n'] != 1 else ''}).</p>")
+                f"({html.escape(spread)}, {top['n']} seed{'s' if top['n'] != 1 else ''}).</p>") + best
     try:
         frame = compare_configs(runs, metric)
     except OptcmpError as e:
@@ -324,8 +322,11 @@ def _verdict(runs: pd.DataFrame, summary) -> tuple[str, str]:
     if frame.empty:
         return f"{best}<p>Only one config: nothing to compare.</p>", ""
     significant = frame[frame["significant"]]
-    if significant.empty:
-        tested = int(frame["n_comparisons"].iloc[0])
+    tested = int(frame["n_comparisons"].iloc[0])
+    if tested == 0:
+        said = (f"<p><b>No comparison</b> in {html.escape(metric)}: no pair of configs has the two seeds each "
+                "that a test needs.</p>")
+    elif significant.empty:
         said = (f"<p><b>No significant difference</b> in {html.escape(metric)} between the "
                 f"{frame[['config_a', 'config_b']].stack().nunique()} configs ({tested} comparison"
                 f"{'s' if tested != 1 else ''}, Holm-corrected at 5%).</p>")
@@ -356,8 +357,13 @@ def _compare_html(frame: pd.DataFrame) -> str:
         "n": [str(p) if p else f"{a}/{b}" for p, a, b in zip(frame["n_pairs"], frame["n_a"], frame["n_b"])],
         "mean a": frame["mean_a"].map(num), "mean b": frame["mean_b"].map(num),
         "rel. diff": frame["rel_diff"].map(lambda x: "" if pd.isna(x) else f"{x:+.1%}"),
-        "effect d": frame["effect_size"].map(num), "p": frame["p_value"].map(num), "p (Holm)": frame["p_holm"].map(num),
+        # Cohen's d of a t test, the rank-biserial r of a rank test (diverged runs ranked worst)
+        "effect": [f"r {r:+.2f}" if not pd.isna(r) else "" if pd.isna(d) else f"d {d:+.3g}"
+                   for d, r in zip(frame["effect_size"], frame["rank_biserial"])],
+        "p": frame["p_value"].map(num), "p (Holm)": frame["p_holm"].map(num),
         "significant": frame["significant"].map({True: "yes", False: ""}),
+        "diverged": [f"{da}/{na}, {db}/{nb}" if da or db else ""
+                     for da, na, db, nb in zip(frame["diverged_a"], frame["n_a"], frame["diverged_b"], frame["n_b"])],
     })
     return _frame_html(shown)
 

@@ -44,10 +44,29 @@ def in_threads(fn: Callable, items) -> list:
 
 
 def hparams_of(spec: RunSpec, decay: str) -> dict[str, Any]:
-    hp: dict[str, Any] = {"optimizer.name": spec.config.optimizer.name, "decay": decay, "seed": spec.seed}
+    """The run's HParams: optimizer, decay, the swept values, and the seed as text (the
+    dashboard has no integers and shows every number to five digits: seed `0.0000`; the
+    seed names a row, it is no quantity to plot on an axis)."""
+    hp: dict[str, Any] = {"optimizer.name": spec.config.optimizer.name, "decay": decay, "seed": str(spec.seed)}
     for k, v in spec.params.items():
         hp[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return hp
+
+
+def hparams_metrics(run: ResolvedRun) -> list[str]:
+    """The metrics the HParams dashboard lists for a run: those its task and data split give
+    (the same for every run of a config, whatever became of it), without the bookkeeping
+    (`seconds`, `group_size`). The final values first, then the tails and the best values:
+    the dashboard shows the first five at first."""
+    kinds = [("val", "loss"), ("val", "accuracy"), ("train", "loss"), ("train", "accuracy")]
+    if run.data.n_val == 0:
+        kinds = [k for k in kinds if k[0] != "val"]
+    if run.data.task != "classification":
+        kinds = [k for k in kinds if k[1] != "accuracy"]
+    names = [f"{split}_{kind}" for split, kind in kinds]
+    names += [f"{split}_{kind}_tail" for split, kind in kinds if (split, kind) != ("train", "accuracy")]
+    names += [f"best_{split}_{kind}" for split, kind in kinds if (split, kind) != ("train", "accuracy")]
+    return names + ["weight_norm", "near_zero_frac", "steps", "steps_per_second"]
 
 
 class RunFolder:
@@ -58,8 +77,10 @@ class RunFolder:
         self.dir = Path(exp_dir) / run.spec.run_id
         self.result = base_result(run, engine, str(device))
         self.result["param_groups"] = run.groups_record
-        if self.dir.exists():  # a rerun never appends to old events
+        if self.dir.is_dir() and not self.dir.is_symlink():  # a rerun never appends to old events
             shutil.rmtree(self.dir)
+        elif self.dir.is_symlink() or self.dir.exists():  # a file, or a link, in the run folder's place
+            self.dir.unlink()
         self.dir.mkdir(parents=True)
         text = dump_yaml(run.config.model_dump(mode="json"))
         atomic_write_text(self.dir / "config.yaml", text)
@@ -79,8 +100,9 @@ class RunFolder:
         """Record the outcome (`status` and any other result fields, e.g. `metrics`,
         `diverged_step`), register the HParams entry, close the logger, write result.json."""
         self.result.update(status=status, **fields)
-        metrics = {f"final/{k}": v for k, v in self.result["metrics"].items()
-                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        values = self.result["metrics"]
+        metrics = {name: values[name] if isinstance(values.get(name), (int, float)) and math.isfinite(values[name])
+                   else None for name in hparams_metrics(self.run)}
         self.logger.hparams(hparams_of(self.spec, self.result["decay"]), metrics, status=status)
         self.logger.close()
         self.result["metrics"].setdefault("seconds", seconds)

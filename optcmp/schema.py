@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from optcmp.autoseeds import design_of, is_auto
 from optcmp.schema_checks import DEFAULT_MAX_RUNS, check_experiment, inherit_defaults
 from optcmp.space import Distribution
+from optcmp.stats import SequentialDesign
 from optcmp.values import did_you_mean, got, interval, is_number, keyed, shown, within
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -298,7 +300,9 @@ class TuneConfig(_Strict):
     # the whole grid (then every variant's grid must have as many points).
     budget: int | None = Field(None, ge=1)
     seeds: list[Seed] = Field(default_factory=lambda: [0])  # tuning seeds, or a count N: 0…N−1
-    metric: str | None = None  # what tuning optimizes; None: val_loss_tail with a validation split, else train_loss_tail
+    # What tuning optimizes; None: the summary's default ranking metric, best_val_loss with a validation
+    # split, else best_train_loss (best-so-far: the least chaotic loss, benchmarks/chaos_probe.py).
+    metric: str | None = None
     direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: maximize accuracies, minimize the rest
     # The best trial of each variant is rerun on fresh seeds: a count N gives the N seeds
     # after the largest tuning seed; a list must share no seed with `seeds`.
@@ -352,6 +356,15 @@ class TuneConfig(_Strict):
         return self
 
 
+class WorkloadConfig(_Strict):
+    """One workload of a study (`workloads:`): its model, data and train sections. Each key a
+    workload does not set is the top-level section's (merged in before validation)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"  # the folder under the output root
     seeds: list[Seed] = Field(default_factory=lambda: [0])  # or a count N, meaning 0..N-1
@@ -364,9 +377,32 @@ class ExperimentConfig(_Strict):
     scheduler: SchedulerConfig | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key → values (a grid)
     tune: TuneConfig | None = None  # a study: tune each variant with an equal budget, compare on fresh seeds
+    workloads: dict[str, WorkloadConfig] = Field(default_factory=dict)  # a study on several workloads, each tuned on its own
     log: LogConfig = Field(default_factory=LogConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
     max_runs: int = Field(DEFAULT_MAX_RUNS, ge=1)  # a sweep expanding to more runs is refused before it starts
+    # `seeds: auto` (optcmp.autoseeds): `seeds` is then every seed the design may train, 0…max−1,
+    # and this the design; not a key of its own (never dumped: a run's config has its one seed).
+    _seeds_auto: SequentialDesign | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_seeds(cls, data: Any, handler: Any) -> Any:
+        design = None
+        if isinstance(data, dict) and is_auto(data.get("seeds")):
+            design = design_of(data["seeds"])
+            if data.get("tune") is not None:
+                raise keyed("seeds", "`auto` is for sweeps; a study (tune:) has its own tune.seeds and tune.final_seeds")
+            data = {**data, "seeds": list(range(design.max_seeds))}
+        model = handler(data)
+        if design is not None:
+            model._seeds_auto = design
+        return model
+
+    @property
+    def seeds_auto(self) -> SequentialDesign | None:
+        """The sequential design of `seeds: auto`, or None for a list or count of seeds."""
+        return self._seeds_auto
 
     @model_validator(mode="before")
     @classmethod

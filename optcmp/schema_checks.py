@@ -12,15 +12,12 @@ import math
 import re
 from typing import Any
 
+from optcmp.autoseeds import is_auto, max_seeds
 from optcmp.space import MAX_GRID, space_key_problem
 from optcmp.values import did_you_mean, keyed, shown
 
 DEFAULT_MAX_RUNS = 10_000  # runs a sweep may expand to unless `max_runs` says more
 VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,39}$")  # a variant's name is part of every run id
-# Whether `summary.chaos: auto` adds the chaos probes (see sweep.py). Off until the engine
-# moves a "ulp" run's initial weights and the summary leaves "ulp" rows out of its seeds
-# (DESIGN.md): before that, a probe would train as one more copy of its seed and count as one.
-AUTO_PROBES = False
 UNSWEPT = ("name", "seeds", "sweep", "tune", "max_runs", "optimizers")  # whole keys that no sweep may set
 VALIDATION_METRICS = ("val_loss", "val_accuracy", "best_val_loss", "best_val_accuracy", "val_loss_tail", "val_accuracy_tail")
 
@@ -43,6 +40,7 @@ def inherit_defaults(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     check_run_count(data)
+    data = _workloads_inherit(data)
     variants = data.get("optimizers")
     if not isinstance(variants, dict) or not variants:
         return data
@@ -63,6 +61,26 @@ def inherit_defaults(data: Any) -> Any:
     return {**data, "optimizers": merged}
 
 
+def _workloads_inherit(data: dict[str, Any]) -> dict[str, Any]:
+    """Each workload's model, data and train sections: the top-level section's keys, with the
+    workload's own in their place."""
+    workloads = data.get("workloads")
+    if not isinstance(workloads, dict) or not workloads:
+        return data
+    merged: dict[str, Any] = {}
+    for name, own in workloads.items():
+        if not isinstance(own, dict):
+            merged[name] = own  # the model says it must be a mapping
+            continue
+        section = dict(own)
+        for key in ("model", "data", "train"):
+            top = data.get(key) if isinstance(data.get(key), dict) else {}
+            if isinstance(own.get(key, {}), dict):
+                section[key] = {**copy.deepcopy(top), **own.get(key, {})}
+        merged[name] = section
+    return {**data, "workloads": merged}
+
+
 def _length(values: Any) -> int:
     return len(values) if isinstance(values, list) else 1
 
@@ -72,7 +90,8 @@ def run_count(data: dict[str, Any]) -> tuple[int, int, int]:
     (per variant: the shared axes and the variant's own) × seeds, plus the chaos probes.
     Nothing is expanded; malformed parts count as one (their own errors come later)."""
     seeds = data.get("seeds", [0])
-    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else _length(seeds)
+    n_seeds = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else \
+        max_seeds(seeds) if is_auto(seeds) else _length(seeds)  # seeds: auto counts the most it may train
     sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
     shared = math.prod(_length(v) for k, v in sweep.items() if not str(k).startswith("optimizers.") and k != "variant")
     variants = data.get("optimizers") if isinstance(data.get("optimizers"), dict) else {}
@@ -88,8 +107,10 @@ def run_count(data: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def probes_wanted(chaos: Any) -> bool:
-    """Whether `summary.chaos` asks for a chaos probe per config (given ≥ 2 seeds)."""
-    return chaos in ("on", True) or (chaos == "auto" and AUTO_PROBES)
+    """Whether `summary.chaos` may ask for a chaos probe per config (given ≥ 2 seeds): `on`,
+    and `auto`, whose probes the planner keeps only where they are cheap
+    (`planning.cheap_probes`); the run cap counts them all."""
+    return chaos in ("on", "auto", True)
 
 
 def _count(n: int, word: str) -> str:
@@ -118,10 +139,18 @@ def check_experiment(config: Any) -> None:
         if not VARIANT_RE.match(name):
             raise keyed(f"optimizers.{name}", "a variant's name is part of its run ids: letters, digits, '.', '_', "
                         "'+' or '-', at most 40, starting with a letter or digit")
+    for name in config.workloads:
+        if not VARIANT_RE.match(name):
+            raise keyed(f"workloads.{name}", "a workload's name is part of its run ids: letters, digits, '.', '_', "
+                        "'+' or '-', at most 40, starting with a letter or digit")
+    if config.workloads and config.tune is None:
+        raise keyed("workloads", "several workloads are a study's: give a tune: section (without one, sweep "
+                                 "model, data or train keys instead)")
     _check_sweep_keys(config)
     _check_metric(config, "summary.primary", config.summary.primary)
     if config.tune is not None:
-        _check_metric(config, "tune.metric", config.tune.metric)
+        for data in [w.data for w in config.workloads.values()] or [config.data]:
+            _check_metric(config, "tune.metric", config.tune.metric, data)
         check_study(config)
 
 
@@ -158,9 +187,9 @@ def _check_sweep_keys(config: Any) -> None:
                 raise keyed(where, f"sweep.{target} sets it for every variant already; keep one of the two")
 
 
-def _check_metric(config: Any, key: str, metric: str | None) -> None:
+def _check_metric(config: Any, key: str, metric: str | None, data: Any = None) -> None:
     """A validation metric needs a validation split (imported data sets may bring their own)."""
-    data = config.data
+    data = config.data if data is None else data
     if metric in VALIDATION_METRICS and data.val_fraction == 0 and ":" not in data.kind and \
             not any(k == "data.val_fraction" or k == "data" for k in config.sweep):
         raise keyed(key, f"`{metric}` needs a validation split; allowed: set data.val_fraction > 0, "
@@ -213,9 +242,11 @@ def check_study(config: Any) -> None:
         raise keyed("tune.budget", "give the trials per variant, an integer ≥ 1 (only sampler: grid may leave it "
                                    "out, for the whole grid)")
     budget = tune.budget or min(_grid_size(config, n, s) for n, s in spaces.items())
-    runs = len(spaces) * (budget * len(tune.seeds) + len(tune.final_seeds))
+    arms = len(spaces) * max(1, len(config.workloads))
+    runs = arms * (budget * len(tune.seeds) + len(tune.final_seeds))
     if runs > config.max_runs:
-        how = (f"{_count(len(spaces), 'variant')} × ({_count(budget, 'trial')} × {_count(len(tune.seeds), 'seed')} "
+        workloads = f" × {_count(len(config.workloads), 'workload')}" if config.workloads else ""
+        how = (f"{_count(len(spaces), 'variant')}{workloads} × ({_count(budget, 'trial')} × {_count(len(tune.seeds), 'seed')} "
                f"+ {_count(len(tune.final_seeds), 'final seed')})")
         raise keyed("tune.budget", f"the study trains {runs:,} runs ({how}), more than "
                                    f"max_runs ({config.max_runs:,}); allowed: at most max_runs (raise it with "

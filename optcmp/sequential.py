@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from optcmp.compare import compare_configs, outcome_runs
+from optcmp.compare import _p_phrase, compare_configs, outcome_runs
 from optcmp.stats import SequentialDesign, t_quantile
 
 
@@ -84,7 +84,9 @@ def seeds_until(runs: pd.DataFrame, design: SequentialDesign, metric: str | None
             key = frozenset((row["config_a"], row["config_b"]))
             if key in verdicts and verdicts[key].state != "undecided":
                 continue
-            state, sentence = "undecided", row["power_sentence"] or row["sentence"]
+            state = "undecided"  # which pair, its p, then what its seeds could have detected
+            sentence = (f"{row['config_a']} and {row['config_b']}, {_p_phrase(row['p_holm'], len(frame))}: "
+                        f"{row['power_sentence']}" if row["power_sentence"] else row["sentence"])
             if row["significant"]:
                 state, sentence = "different", row["sentence"]
             elif design.margin is not None and _equivalent(row, design.margin, level):

@@ -30,7 +30,7 @@ from typing import Any
 
 from optcmp.display import markdown, missing
 from optcmp.errors import OptcmpError
-from optcmp.results import FIRST_COLUMNS, Status, atomic_write_text
+from optcmp.results import FIRST_COLUMNS, Status, atomic_write_text, collect_results, planned_ids, write_runs_csv
 from optcmp.stats import CHAOS_METRICS, chaos_sentences, is_chaotic, mean_interval, sensitivity, wilson_interval
 
 METRICS = (
@@ -43,6 +43,7 @@ HIGHER_IS_BETTER = ("val_accuracy", "best_val_accuracy", "val_accuracy_tail", "t
 AGGREGATED_ROLES = ("run", "final")
 PROBE_ROLE = "ulp"
 ONE_SEED_NOTE = "one seed: no noise estimate, configs are not ranked"
+ROUNDS_FILE = "rounds.json"  # the last decision of `seeds: auto` (optcmp.rounds)
 STATUS_ORDER = tuple(s.value for s in Status)  # ok, diverged, pruned, failed, interrupted
 
 
@@ -81,35 +82,89 @@ class RunTable:
 
 def _runs_csv(exp_dir: Path) -> Path:
     path = Path(exp_dir) / "runs.csv"
-    if not path.exists():
+    if not path.exists() and not (Path(exp_dir).is_dir() and collect_results(exp_dir)):
         raise OptcmpError(f"{exp_dir}: no runs.csv here; run `optcmp run CONFIG` first")
     return path
 
 
-def _empty(path: Path) -> OptcmpError:
-    return OptcmpError(f"{path}: empty; run `optcmp summary {path.parent}` to rebuild it from the run folders")
+REQUIRED = ("run_id", "config_id", "seed", "status")  # the columns every reader relies on
+_STATUSES = frozenset(s.value for s in Status)
+
+
+def _parse(path: Path) -> tuple[RunTable | None, str]:
+    """runs.csv as a RunTable, or (None, what is wrong with it)."""
+    try:
+        text = path.read_bytes().decode()
+    except IsADirectoryError:
+        return None, "a folder, not a file"
+    except FileNotFoundError:
+        return None, "missing"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        return None, f"not CSV ({e})"
+    lines = [line for line in lines if line]
+    if not lines:
+        return None, "empty"
+    header, rows = lines[0], lines[1:]
+    lacking = [c for c in REQUIRED if c not in header]
+    if lacking:
+        return None, f"no {', '.join(lacking)} column" + ("s" if len(lacking) > 1 else "")
+    if len(set(header)) < len(header):
+        return None, "a column named twice"
+    if not rows:
+        return None, "no rows"
+    table, seen = RunTable(header, []), set()
+    for n, line in enumerate(rows, start=2):
+        if len(line) != len(header):
+            return None, f"line {n} has {len(line)} cells, the header {len(header)}"
+        row = dict(zip(header, map(_cell, line)))
+        if row["status"] not in _STATUSES or not isinstance(row["run_id"], str) or row["run_id"] in seen or \
+                not isinstance(row["seed"], int) or row["config_id"] is None:
+            return None, f"line {n} is not a run's row"
+        if row["status"] == Status.OK and not any(row.get(m) is not None for m in METRICS):
+            return None, f"line {n}: an ok run without metrics"
+        seen.add(row["run_id"])
+        table.rows.append(row)
+    return table, ""
+
+
+def rebuild_runs_csv(exp_dir: Path) -> None:
+    """runs.csv written anew from the run folders' result.json, in plan order."""
+    exp_dir = Path(exp_dir)
+    order = {run_id: i for i, run_id in enumerate(planned_ids(exp_dir))}
+    results = sorted(collect_results(exp_dir), key=lambda r: order.get(r["run_id"], len(order)))
+    write_runs_csv(exp_dir, results)
 
 
 def read_run_table(exp_dir: Path) -> RunTable:
+    """runs.csv; a damaged one (not UTF-8 or CSV, a column the readers need missing, a row
+    that is no run's) is rebuilt from the run folders first, as `optcmp summary` does."""
     path = _runs_csv(exp_dir)
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise _empty(path)
-        rows = [dict(zip(header, map(_cell, line))) for line in reader if line]
-    return RunTable(header, rows)
+    table, problem = _parse(path)
+    if table is not None:
+        return table
+    if not any(p.is_dir() for p in Path(exp_dir).iterdir()) or not collect_results(exp_dir):
+        raise OptcmpError(f"{path}: {problem}, and no run folder here has a result.json to rebuild it from")
+    if path.is_dir():
+        raise OptcmpError(f"{path}: a folder where optcmp keeps its table of runs; remove it, then "
+                          f"`optcmp summary {exp_dir}` rebuilds the table from the run folders")
+    rebuild_runs_csv(exp_dir)
+    table, problem = _parse(path)
+    if table is None:  # the folders' own results make no table (e.g. every one damaged)
+        raise OptcmpError(f"{path}: {problem}, even rebuilt from the run folders")
+    return table
 
 
 def read_runs(exp_dir: Path):
-    """runs.csv as a pandas DataFrame (for `compare` and `report`)."""
+    """runs.csv as a pandas DataFrame (for `compare` and `report`); a damaged one is
+    rebuilt from the run folders first (see `read_run_table`)."""
     import pandas as pd
 
-    path = _runs_csv(exp_dir)
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise _empty(path) from None
+    read_run_table(exp_dir)
+    return pd.read_csv(Path(exp_dir) / "runs.csv")
 
 
 def _filled(runs: Any, column: str) -> bool:
@@ -256,9 +311,10 @@ def _blank(value: Any) -> bool:
     return missing(value) or (isinstance(value, float) and math.isinf(value))
 
 
-def aggregate(runs: Any, primary: str | None = None) -> Summary:
+def aggregate(runs: Any, primary: str | None = None, asked_by: str = "summary.primary") -> Summary:
     """One row per config over its seeds, best first by `primary`. `runs`: a RunTable, a
-    DataFrame of runs.csv, or a list of its rows."""
+    DataFrame of runs.csv, or a list of its rows. `asked_by`: where `primary` came from, for
+    the message when it is unknown (the config key, or the command's option)."""
     runs = RunTable.of(runs)
     rows_in = aggregated(runs)
     if not rows_in:
@@ -268,7 +324,7 @@ def aggregate(runs: Any, primary: str | None = None) -> Summary:
     primary = primary or default_primary(runs)
     if primary not in runs.columns and primary not in METRICS:  # a known metric no run reported (all failed): unranked
         allowed = ", ".join(metrics)
-        raise OptcmpError(f"summary.primary: unknown metric `{primary}`; allowed: {allowed}")
+        raise OptcmpError(f"{asked_by}: unknown metric `{primary}`; allowed: {allowed}")
     groups: dict[Any, list[dict[str, Any]]] = {}
     for run in rows_in:
         groups.setdefault(run["config_id"], []).append(run)
@@ -331,14 +387,28 @@ def _rank(rows: list[dict[str, Any]], primary: str, columns: list[str]) -> tuple
     return primary, notes
 
 
-def write_summary(exp_dir: Path, primary: str | None = None) -> Summary:
+def read_rounds(exp_dir: Path) -> dict[str, Any] | None:
+    """rounds.json: the last decision of `seeds: auto` here, or None."""
+    try:
+        found = json.loads((Path(exp_dir) / ROUNDS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def write_summary(exp_dir: Path, primary: str | None = None, asked_by: str = "summary.primary") -> Summary:
     """Aggregate runs.csv into summary.csv, summary.md and summary.json (atomically)."""
     exp_dir = Path(exp_dir)
-    table = aggregate(read_run_table(exp_dir), primary)
+    table = aggregate(read_run_table(exp_dir), primary, asked_by)
+    rounds = read_rounds(exp_dir)
     atomic_write_text(exp_dir / "summary.csv", table.to_csv())
-    atomic_write_text(exp_dir / "summary.md", markdown(table))
+    said = "" if rounds is None else (f"\nSeeds: auto, round {rounds.get('look')} of {rounds.get('design', {}).get('rounds')} "
+                                      f"({rounds.get('seeds')} seeds): {rounds.get('sentence')}.\n")
+    atomic_write_text(exp_dir / "summary.md", markdown(table) + said)
     document = {"primary": table.primary, "ranked_by": table.ranked_by, "notes": table.notes,
                 "configs": table.records(nested=True)}
+    if rounds is not None:
+        document["seeds_auto"] = rounds  # the design, its error rate and the last decision
     atomic_write_text(exp_dir / "summary.json", json.dumps(document, indent=2) + "\n")
     return table
 

@@ -15,11 +15,11 @@ Ids: the variant's name (without variants, the optimizer's short name: `adam`, `
 seed: `sgdm-lr0.1-s0`. Each run's config is its own deep copy: no value is shared
 between runs, so what a run records is what it was trained with.
 
-Chaos probes (issue 14): with `summary.chaos: on` (and with `auto` where
-`schema_checks.AUTO_PROBES` is on), each config with two seeds or more gets one more run,
-role "ulp", of its first seed (`sgdm-lr0.1-s0-ulp`), which the engine starts from the
-initial weights moved one ulp up; under auto the planner may drop the probes of configs
-that train one by one.
+Chaos probes (issue 14): with `summary.chaos: on` or `auto` (the default), each config
+with two seeds or more gets one more run, role "ulp", of its first seed
+(`sgdm-lr0.1-s0-ulp`), which the engine starts from the initial weights moved one ulp up;
+under auto the planner then drops the probes of configs that train one by one
+(`planning.cheap_probes`).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def run_base(config: ExperimentConfig, variant: str | None = None) -> dict[str, 
     """The run config of `variant` (or of the plain config) before any sweep value is set,
     as a dict: the variant's section as `optimizer`, its schedule as `scheduler`."""
     base = config.model_dump(mode="python")
-    base.update(sweep={}, optimizers={}, tune=None, seeds=[config.seeds[0]])
+    base.update(sweep={}, optimizers={}, tune=None, workloads={}, seeds=[config.seeds[0]])
     if variant is not None:
         chosen = config.optimizers[variant]
         base["optimizer"] = chosen.section()

@@ -26,6 +26,7 @@ from optcmp.models import build_model
 from optcmp.optimizers import build_scheduler, needs_closure, step_scheduler, takes_metric
 from optcmp.resolve import LOSSES, ResolvedRun, Resolver, resolve_device
 from optcmp.sweep import RunSpec
+from optcmp.tb.tags import ParameterTags
 from optcmp.units import Progress, ShouldStop
 
 
@@ -46,18 +47,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, loss
     return loss, acc
 
 
-def layer_of(param_name: str) -> str:
-    return param_name.rpartition(".")[0] or param_name
-
-
-def weight_scalars(names: list[str], squared: list[float]) -> dict[str, float]:
-    """Global and per-layer L2 weight norms from each parameter's squared norm."""
-    out = {"weight_norm": math.sqrt(sum(squared))}
-    per_layer: dict[str, float] = {}
-    for name, sq in zip(names, squared):
-        per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + sq
-    out.update({f"weight_norm/{k}": math.sqrt(v) for k, v in per_layer.items()})
-    return out
+def weight_scalars(tags: ParameterTags, squared: list[float]) -> dict[str, float]:
+    """Global and per-layer L2 weight norms (`tags.norm_tags`) from each parameter's squared norm."""
+    per_layer = [0.0] * (len(tags.norm_tags) - 1)
+    for layer, sq in zip(tags.layers, squared):
+        per_layer[layer] += sq
+    return dict(zip(tags.norm_tags, [math.sqrt(sum(squared)), *(math.sqrt(v) for v in per_layer)]))
 
 
 def squared_norms(tensors: list[torch.Tensor]) -> list[float]:
@@ -65,15 +60,16 @@ def squared_norms(tensors: list[torch.Tensor]) -> list[float]:
     return (torch.stack(torch._foreach_norm(tensors)).double() ** 2).tolist() if tensors else []
 
 
-def histogram_tensors(named, config: ExperimentConfig, grads: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors to histogram by tag; `grads` (in `named` order) default to each `p.grad`."""
+def histogram_tensors(tags: ParameterTags, weights: list[torch.Tensor], grads: list[torch.Tensor | None],
+                      config: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The tensors to histogram by tag (`weights/<label>`, `grads/<label>`), in `tags`' order;
+    a gradient that is None (a parameter the loss does not reach) has no histogram."""
     h = config.log.histograms
     out = {}
     if h.weights:
-        out.update({f"weights/{n}": p.detach() for n, p in named})
+        out.update(zip(tags.weights, weights))
     if h.grads:
-        grads = [p.grad for _, p in named] if grads is None else grads
-        out.update({f"grads/{n}": g for (n, _), g in zip(named, grads) if g is not None})
+        out.update((tag, g) for tag, g in zip(tags.grads, grads) if g is not None)
     return out
 
 
@@ -139,6 +135,7 @@ class OneRun:
         self.named_params = [(n, p) for n, p in model.named_parameters()]
         self.params = [p for _, p in self.named_params]
         self.names = [n for n, _ in self.named_params]
+        self.tags = ParameterTags(model, self.names)  # made once: no per-step string work
         self.detached = [p.detach() for p in self.params]  # views of the live weights, made once
         self.closure_opt = needs_closure(self.opt)
         self.lrs = [float(g["lr"]) for g in self.opt.param_groups]  # the rates of the latest step, as logged
@@ -203,11 +200,11 @@ class OneRun:
             weights_sq = sq[k + 2 * n:]
         else:
             weights_sq = squared_norms(self.detached)
-        out.update({tag: [value] for tag, value in weight_scalars(self.names, weights_sq).items()})
+        out.update({tag: [value] for tag, value in weight_scalars(self.tags, weights_sq).items()})
         return out
 
     def histogram_tensors(self, m: int) -> dict[str, torch.Tensor]:
-        return histogram_tensors(self.named_params, self.config)
+        return histogram_tensors(self.tags, self.detached, [p.grad for p in self.params], self.config)
 
     def named(self, m: int) -> list[tuple[str, torch.Tensor]]:
         return self.named_params

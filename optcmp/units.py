@@ -8,7 +8,7 @@ time (a worker process sets its thread count before torch loads).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,15 +17,21 @@ from optcmp.errors import OptcmpError
 from optcmp.results import Status, write_result
 
 if TYPE_CHECKING:
+    from optcmp.progress_board import Board
     from optcmp.resolve import ResolvedRun
     from optcmp.sweep import RunSpec
 
 ENGINES = ("auto", "sequential", "vectorized")
 EXECUTORS = ("local", "ray")
-Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
-# At each evaluation point, for each member still training: (member index in its unit,
-# step, the scalars just logged by tag) → True stops that member, recorded `pruned`.
-ShouldStop = Callable[[int, int, dict[str, float]], bool]
+# At each log point: (steps done, total steps, the train/loss of each member still training).
+Progress = Callable[[int, int, Sequence[float]], None]
+# At each evaluation point, for the whole unit at once: (step, {member index in its unit:
+# its values}) for every member still training → the members to stop, recorded `pruned`.
+# A member's values: the scalars just logged by tag, and `train_loss`, the whole training
+# set's loss there (what `best_train_loss` and `train_loss_tail` are made of). Group-level,
+# so a decision may weigh every member's value at the step (a study judges a trial on the
+# mean of its seeds, and successive halving ranks trials against each other).
+ShouldStop = Callable[[int, dict[int, dict[str, float]]], Iterable[int]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,12 +60,19 @@ class Unit:
 
 @dataclass
 class Events:
-    """Callbacks the CLI uses for its messages and progress display; all optional."""
+    """Callbacks the CLI uses for its messages and progress display; all optional.
+
+    The in-process executor calls `unit_start` and `step` (with `Progress`'s arguments) on
+    the training thread. Worker processes (`--jobs`) write their units' progress to a
+    `board.Board` instead, which the process executor hands over once, with the units in
+    the board's order, before they start (`board`); the display reads it. Ray tasks report
+    nothing before their results (`run_end`)."""
 
     plan: Callable[[list[RunSpec], list[dict[str, Any]]], None] = lambda todo, kept: None
-    unit_start: Callable[[Unit], None] = lambda unit: None  # in-process executor only
-    step: Callable[[Unit, int, int, float], None] = lambda unit, step, total, loss: None  # in-process only
+    unit_start: Callable[[Unit], None] = lambda unit: None
+    step: Callable[[Unit, int, int, Sequence[float]], None] = lambda unit, step, total, losses: None
     run_end: Callable[[dict[str, Any]], None] = lambda result: None
+    board: Callable[[Board, list[Unit]], None] = lambda board, units: None
 
 
 @dataclass(frozen=True)

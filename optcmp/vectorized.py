@@ -28,7 +28,8 @@ from optcmp.functional import FunctionalStack, member_generator
 from optcmp.loop import Column, execute_members
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
-from optcmp.trainer import build_run_model, histogram_tensors, layer_of
+from optcmp.tb.tags import ParameterTags
+from optcmp.trainer import build_run_model, histogram_tensors
 from optcmp.units import Progress, ShouldStop, Unit
 
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
@@ -149,21 +150,23 @@ class Stack:
         if not handwritten and device.type == "cpu":
             self.eval_rows = max(EVAL_MIN_ROWS, EVAL_VALUES // (M * max(first.activations, 1)))
         # each member's weights and gradients by name (in model order), and the tensors it
-        # histograms: views into the stacked buffers, valid for the whole training
+        # histograms: views into the stacked buffers, valid for the whole training; the
+        # tags are the template's, as the sequential engine makes them from its model
+        tags = ParameterTags(template, self.names)
         self._named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
-        self._histogram_tensors = [histogram_tensors(self._named[m], cfg, [grad_views[n][m] if n in grad_views else None
-                                                                           for n in self.names]) for m in range(M)]
+        self._histogram_tensors = [histogram_tensors(tags, [self.views[n][m] for n in self.names],
+                                                     [grad_views[n][m] if n in grad_views else None for n in self.names],
+                                                     cfg) for m in range(M)]
         self.opt = Optimizers(runs, self.flat, [sum(shapes[n].numel() for n in g) for g in groups])
         self.scheduled = self.opt.scheduled
         self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=device)  # [M, groups]
         # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
         # 0/1 matrix sums the squared weights of everything, then of each layer
-        layers = list(dict.fromkeys(layer_of(n) for n in self.names))
-        self.norm_tags = ["weight_norm", *(f"weight_norm/{layer}" for layer in layers)]
-        norm_matrix = torch.zeros(at, 1 + len(layers), dtype=torch.float64)
+        self.norm_tags = list(tags.norm_tags)
+        norm_matrix = torch.zeros(at, len(tags.norm_tags), dtype=torch.float64)
         norm_matrix[:, 0] = 1
-        for n in self.names:
-            norm_matrix[offsets[n]:offsets[n] + shapes[n].numel(), 1 + layers.index(layer_of(n))] = 1
+        for n, layer in zip(self.names, tags.layers):
+            norm_matrix[offsets[n]:offsets[n] + shapes[n].numel(), 1 + layer] = 1
         self.norm_matrix = norm_matrix.to(device)
         self.grad_norm = self.before = None
 

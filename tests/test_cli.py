@@ -53,7 +53,12 @@ def test_run_writes_every_output(finished):
         assert set(res["metrics"]) >= {"train_loss", "weight_norm", "steps", "seconds", "near_zero_frac"}
         assert res["params"]["optimizer.weight_decay"] in (0.01, 0.1)
     runs = pd.read_csv(exp / "runs.csv")
-    assert runs["run_id"].tolist() == ids
+    # summary.chaos auto: each config's chaos probe (seed 0, initial weights one ulp up) trains in its group
+    assert runs["run_id"].tolist() == ["adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.01-s0-ulp",
+                                       "adam-wd0.1-s0", "adam-wd0.1-s1", "adam-wd0.1-s0-ulp"]
+    assert runs["role"].tolist() == ["run", "run", "ulp"] * 2
+    assert "6 of 6 runs: 6 ok (2 chaos probes)" in result.output
+    runs = runs[runs["role"] == "run"]  # the summary's seeds: not the probes
     assert list(runs.columns[:13]) == [
         "run_id", "config_id", "variant", "role", "seed", "status", "decay", "engine", "device", "error",
         "diverged_step", "pruned_step", "optimizer.weight_decay",
@@ -89,12 +94,17 @@ def test_tensorboard_tags(finished):
     acc = EventAccumulator(str(finished[0] / "adam-wd0.1-s0"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/loss", "lr/group0", "grad_norm", "weight_norm", "weight_norm/0", "weight_norm/3", "weight_norm/4", "update_ratio"} <= scalars
+    # Linear(1, 8), LayerNorm(8), Linear(8, 8), LayerNorm(8), Linear(8, 1): each layer by
+    # its place and type, so a LayerNorm's numbers never look like a Linear layer's
+    layers = ["0.Linear", "1.LayerNorm", "2.Linear", "3.LayerNorm", "4.Linear"]
+    finals = ["train_loss", "train_loss_tail", "best_train_loss", "weight_norm", "near_zero_frac", "steps",
+              "steps_per_second"]  # for HParams; no validation split, a regression: no val_*, no accuracy
+    assert scalars == {"train/loss", "lr/group0", "grad_norm", "weight_norm", *(f"weight_norm/{x}" for x in layers),
+                       "update_ratio", *(f"~final/{m}" for m in finals)}
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 4, 8, 11]
-    histos = set(acc.Tags()["histograms"])
-    names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "4.weight", "4.bias"]
-    assert {f"weights/{n}" for n in names} <= histos and {f"grads/{n}" for n in names} <= histos
-    assert [e.step for e in acc.Histograms("weights/0.weight")] == [0, 5, 10, 11]  # and the final weights
+    names = [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
+    assert set(acc.Tags()["histograms"]) == {f"weights/{n}" for n in names} | {f"grads/{n}" for n in names}
+    assert [e.step for e in acc.Histograms("weights/0.Linear.weight")] == [0, 5, 10, 11]  # and the final weights
 
 
 def test_summary_rerenders_from_disk(finished):
@@ -111,8 +121,11 @@ def test_plan_lists_runs_without_training(write_config, tmp_path):
     assert result.exit_code == 0, result.output
     for run_id in ["adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.1-s0", "adam-wd0.1-s1"]:
         assert run_id in result.output
-    assert "4 runs" in result.output
+    assert "6 runs" in result.output and "adam-wd0.1-s0-ulp" in result.output  # 4 and their chaos probes
+    assert "vectorized group of 6" in result.output
     assert not (tmp_path / "runs").exists()
+    sequential = invoke("plan", write_config(SWEEP), "--engine", "sequential")
+    assert "4 runs" in sequential.output and "-ulp" not in sequential.output  # auto: probes where they are cheap
 
 
 def test_set_and_sweep_options(write_config, tmp_path):
@@ -267,7 +280,10 @@ def test_summary_wide_shows_every_column(finished):
     header = next(line for line in result.output.splitlines() if line.startswith("#"))
     assert header.split() == ["#", "config", "weight_decay", "decay", "best_train_loss", "weight_norm", "near_zero_frac",
                               "train_loss_tail", "train_loss", "steps", "seconds", "steps_per_second", "group_size", "n",
-                              "runs", "status", "diverged", "diverged_frac"]
+                              "runs", "status", "diverged", "diverged_frac",
+                              # the chaos probes' ratios (summary.chaos auto): every column is every column
+                              "train_loss_sensitivity", "train_loss_tail_sensitivity", "best_train_loss_sensitivity",
+                              "weight_norm_sensitivity", "near_zero_frac_sensitivity"]
 
 
 def test_an_install_hint_keeps_its_brackets(finished, monkeypatch):

@@ -114,7 +114,7 @@ def test_the_question_of_a_weight_decay_sweep_comes_right_after_the_ranking():
         "1   wd0.01   0.01           1.10 ± 0.10   20.20 ± 0.20   0.0110 ± 0.0010",
         "2   wd0.1    0.1            2.10 ± 0.10   19.20 ± 0.20   0.0210 ± 0.0010",
         "same for all: decay decoupled · steps 100 · n 3 · 3 ok",
-        "not shown (--wide shows all): best_train_loss (= train_loss)",
+        "not shown (--wide shows all): best_train_loss (= train_loss),",
         "  steps_per_second (per vectorized group)",
     ]
 
@@ -136,7 +136,7 @@ def test_ids_too_long_for_a_table_are_stacked_whole():
         "  train_loss 2.10 ± 0.10 · weight_norm 19.20 ± 0.20",
         "  near_zero_frac 0.0210 ± 0.0010 · lr 0.1",
         "same for all: decay decoupled · steps 100 · n 3 · 3 ok",
-        "not shown (--wide shows all): best_train_loss (= train_loss)",
+        "not shown (--wide shows all): best_train_loss (= train_loss),",
         "  steps_per_second (per vectorized group)",
     ]
 
@@ -168,3 +168,10 @@ def test_every_shipped_summary_fits_80_columns_with_every_id_whole(shipped):
         for config_id in experiment.summary["config_id"]:
             assert re.search(rf"(?<![\w.,-]){re.escape(config_id)}(?![\w.,-])", shown), (config_id, shown)
         assert experiment.summary["config_id"].iloc[0] in shown.splitlines()[3]  # the best first
+
+
+def test_a_wrapped_list_keeps_its_commas():
+    from optcmp.display import _wrap
+
+    assert _wrap(["aaaa", "bbbb", "cccc"], 14, "x: ", sep=", ") == ["x: aaaa, bbbb,", "  cccc"]
+    assert _wrap(["aaaa", "bbbb", "cccc"], 14, "x: ") == ["x: aaaa · bbbb", "  cccc"]

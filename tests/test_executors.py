@@ -87,8 +87,9 @@ log: {every: 10, histograms: {every: 10}}
 
 
 def test_jobs_2_splits_a_vectorized_group_across_forked_workers(write_config, tmp_path):
-    """16 runs of one group train as two pieces of 8 in two forked processes, with the very
-    numbers (scalars, metrics, weights) of the whole group in this process."""
+    """16 runs of one group and their 4 chaos probes (summary.chaos auto) train as two pieces
+    of 10 in two forked processes, with the very numbers (scalars, metrics, weights) of the
+    whole group in this process."""
     from optcmp.config import load_config
     from optcmp.executors import start_method
     from optcmp.runner import plan_units, preflight
@@ -98,7 +99,7 @@ def test_jobs_2_splits_a_vectorized_group_across_forked_workers(write_config, tm
     loaded = load_config(config)
     specs = expand(loaded.config)
     units = plan_units(preflight(loaded, specs), "auto", jobs=2)
-    assert [len(u) for u in units] == [8, 8]
+    assert [len(u) for u in units] == [10, 10]
     assert start_method(units, threads=1) == "fork"
     from typer.testing import CliRunner
 
@@ -106,7 +107,7 @@ def test_jobs_2_splits_a_vectorized_group_across_forked_workers(write_config, tm
 
     shown = CliRunner().invoke(app, ["plan", str(config), "--jobs", "2"]).output
     assert "engine auto: 2 work units on 2 processes" in shown
-    assert "vectorized group of 8: adam-wd0-s0, adam-wd0-s1, adam-wd0-s2, … adam-wd0.1-s3" in shown
+    assert "vectorized group of 10: adam-wd0-s0, adam-wd0-s1, adam-wd0-s2, … adam-wd0.1-s0-ulp" in shown
     for name, extra in (("one", []), ("two", ["--jobs", 2])):
         result = run(config, tmp_path / name, "--engine", "vectorized", *extra)  # the last --engine counts
         assert result.exit_code == 0, result.output

@@ -31,6 +31,7 @@ data: {kind: random_classification, samples: 100, features: 10, classes: 2, batc
 train: {epochs: 20, loss: cross_entropy}
 optimizer: {name: adamw, lr: 0.01, weight_decay: 0.01}
 log: {every: 1, histograms: {every: 0}}
+summary: {chaos: off}  # units are built from expand's specs here: the two seeds alone
 """
 
 
@@ -137,8 +138,12 @@ log: {every: 1, histograms: {every: 5}}
             norm = math.sqrt(sum(h[step].sum_squares for h in weights.values()))
             assert norm == pytest.approx(logged.loc[step, "weight_norm"], rel=1e-6)
         final = np.load(run_dir / "weights.npz")
+        # Linear(·, 8), LayerNorm(8), ReLU, Linear(8, ·): the tags name each module's place and type
+        labels = {"0.weight": "0.Linear.weight", "0.bias": "0.Linear.bias", "1.weight": "1.LayerNorm.weight",
+                  "1.bias": "1.LayerNorm.bias", "3.weight": "3.Linear.weight", "3.bias": "3.Linear.bias"}
+        assert sorted(final.files) == sorted(labels) and sorted(weights) == sorted(f"weights/{x}" for x in labels.values())
         for name in final.files:
-            h, w = weights[f"weights/{name}"][11], final[name].astype(np.float64)
+            h, w = weights[f"weights/{labels[name]}"][11], final[name].astype(np.float64)
             assert (h.min, h.max, h.num) == (w.min(), w.max(), w.size)
             assert h.sum == pytest.approx(w.sum(), rel=1e-6, abs=1e-9)
 

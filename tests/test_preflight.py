@@ -124,7 +124,9 @@ def test_one_dry_step_per_distinct_config_and_the_random_state_is_kept(write_con
     torch.manual_seed(123)
     before = torch.get_rng_state()
     runs = preflight(loaded, expand(loaded.config))
-    assert len(runs) == 6 and calls == ["adam", "adamw", "rmsprop"]  # not once per seed
+    # 3 configs × 2 seeds and a chaos probe each (summary.chaos auto): one dry step per config, not
+    # once per seed nor per probe (a probe has its first seed's config)
+    assert len(runs) == 9 and calls == ["adam", "adamw", "rmsprop"]
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -140,4 +142,4 @@ def test_a_batched_optimizer_takes_its_dry_step_without_torch_optim(write_config
     path = write_config(BASE + "optimizer: {name: adamw, lr: 0.01}\nscheduler: {name: cosineannealinglr, warmup_steps: 5}\n"
                                "sweep:\n  optimizer.weight_decay: [0.0, 0.1]\n")
     loaded = load_config(path)
-    assert len(preflight(loaded, expand(loaded.config))) == 4
+    assert len(preflight(loaded, expand(loaded.config))) == 6  # 2 configs × 2 seeds + 2 chaos probes

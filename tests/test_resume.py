@@ -117,3 +117,67 @@ def test_a_stop_signal_leaves_a_valid_summary_and_exits_130(write_config, tmp_pa
     assert again.exit_code == 0, again.output
     assert f"{n_ok} of {RUNS} runs finished earlier and are kept" in again.output
     assert pd.read_csv(exp / "runs.csv")["status"].eq("ok").sum() == RUNS
+
+
+SMALL = """\
+name: small
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm}
+data: {kind: quadratic, samples: 64}
+train: {steps: 20}
+optimizer: {name: adam, lr: 0.01}
+sweep:
+  optimizer.weight_decay: [0.0, 0.1]
+log: {every: 5, histograms: {every: 0}}
+"""
+# The keys this release added to the config (and to result.json) since the previous one
+# (de51958): a folder that release wrote lacks them, and every run's config hash differs.
+NEW_KEYS = ("optimizers", "tune", "max_runs")
+NEW_SUMMARY_KEYS = ("tail", "chaos")
+NEW_RESULT_FIELDS = ("variant", "role", "pruned_step")
+
+
+def as_previous_release(exp: Path) -> None:
+    """Rewrite each run folder as the previous release wrote it: config.yaml without the
+    new keys, result.json without the new fields and with that release's config hash."""
+    import yaml
+
+    for folder in (p for p in exp.iterdir() if p.is_dir()):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        for key in NEW_KEYS:
+            del config[key]
+        for key in NEW_SUMMARY_KEYS:
+            del config["summary"][key]
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = json.loads((folder / "result.json").read_text())
+        for key in NEW_RESULT_FIELDS:
+            del result[key]
+        result["config_hash"] = "3890d3bc53083950"  # what de51958 computed for adam-wd0-s0
+        (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def test_a_folder_of_the_previous_release_is_resumed_where_the_new_keys_are_defaults(write_config, tmp_path):
+    config, exp = write_config(SMALL), tmp_path / "small"
+    assert run(config, tmp_path).exit_code == 0
+    as_previous_release(exp)
+    before = result_files(exp)
+
+    again = run(config, tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "4 of 4 runs finished earlier and are kept; 0 to run" in again.output
+    assert result_files(exp) == before
+    runs = pd.read_csv(exp / "runs.csv")
+    assert runs["status"].eq("ok").all() and runs["role"].isna().all()  # no role then: ordinary runs
+    assert pd.read_csv(exp / "summary.csv")["n"].tolist() == [2, 2]
+
+    # a new key set away from its default is a real difference: refused, nothing touched
+    other = run(config, tmp_path, "--set", "summary.tail=0.2")
+    assert other.exit_code == 2
+    assert "summary.tail is 0.1 there, 0.2 here" in " ".join(other.output.split())
+    assert result_files(exp) == before
+
+    more = run(config, tmp_path, "--set", "seeds=3")  # the old runs kept, the new seed trained
+    assert more.exit_code == 0, more.output
+    assert "4 of 6 runs finished earlier and are kept; 2 to run" in more.output
+    assert all(result_files(exp)[k] == v for k, v in before.items())

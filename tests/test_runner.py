@@ -31,6 +31,8 @@ sweep:
 log: {every: 5, histograms: {every: 0}}
 """
 IDS = ["adam-wd0-s0", "adam-wd0-s1", "adam-wd0.1-s0", "adam-wd0.1-s1"]
+# with each config's chaos probe (summary.chaos auto: the runs are vectorized), in plan order
+PROBED = ["adam-wd0-s0", "adam-wd0-s1", "adam-wd0-s0-ulp", "adam-wd0.1-s0", "adam-wd0.1-s1", "adam-wd0.1-s0-ulp"]
 
 FAULTY = """\
 name: faulty
@@ -184,13 +186,13 @@ def test_work_units_reach_the_vectorized_engine_through_one_seam(write_config, t
 
     loaded = load_config(write_config(SWEEP))
     specs = expand(loaded.config)
-    assert [[s.run_id for s in u] for u in plan_units_of(loaded, specs, "sequential")] == [[i] for i in IDS]
+    assert [[s.run_id for s in u] for u in plan_units_of(loaded, specs, "sequential")] == [[i] for i in PROBED]
     monkeypatch.setattr(planning, "plan_units", plan_units)
     monkeypatch.setattr(vectorized, "execute_unit", execute_unit)
     result = CliRunner().invoke(app, ["run", str(write_config(SWEEP)), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert calls == [["adam-wd0-s1", "adam-wd0.1-s1"], ["adam-wd0-s0", "adam-wd0.1-s0"]]
-    assert pd.read_csv(tmp_path / "sweep" / "runs.csv")["run_id"].tolist() == IDS
+    assert calls == [["adam-wd0-s1", "adam-wd0.1-s0", "adam-wd0.1-s0-ulp"], ["adam-wd0-s0", "adam-wd0-s0-ulp", "adam-wd0.1-s1"]]
+    assert pd.read_csv(tmp_path / "sweep" / "runs.csv")["run_id"].tolist() == PROBED
 
 
 def test_execution_options_are_checked(monkeypatch):

@@ -41,7 +41,8 @@ def test_an_open_pair_asks_for_the_next_round_then_stops_at_the_maximum():
     first = seeds_until(sweep(a[:3], b[:3]), DESIGN, "val_loss")
     assert (first.action, first.add, first.pairs[0].state) == ("add", 2, "undecided")
     assert first.sentence == "add 2 seeds (round 2 of 3): 1 of 1 pair(s) undecided"
-    assert first.pairs[0].sentence.startswith("n=3 paired seeds cannot tell apart differences below ")
+    p = first.pairs[0].p_holm
+    assert first.pairs[0].sentence.startswith(f"a and b, p={p:.2g}: n=3 paired seeds cannot tell apart differences below ")
     last = seeds_until(sweep(a, b), DESIGN, "val_loss")
     assert (last.look, last.action, last.pairs[0].state) == (3, "stop", "undecided")
     assert last.sentence.startswith("stop: the planned maximum of 7 seeds is reached with 1 pair(s) undecided")

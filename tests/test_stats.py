@@ -98,7 +98,7 @@ def test_chaos_sentences():
                       "chaotic": ["train_loss", "best_train_loss"]}
     assert chaos_sentences(chaos, "train_loss", available)[0] == (
         "train_loss is chaotic in 2 of 2 probed configs: a 1-ulp perturbation of seed 0 moved it by 40 % to "
-        "230 % of the seed-to-seed spread; so are best_train_loss: single runs do not reproduce; compare means "
+        "230 % of the seed-to-seed spread; so is best_train_loss: single runs do not reproduce; compare means "
         "over many seeds, not single seeds")
     assert chaos_sentences(chaos, "weight_norm", available)[0].startswith("weight_norm is chaotic in adam: ")
     assert chaos_sentences({}, "train_loss") == []

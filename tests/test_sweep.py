@@ -10,16 +10,18 @@ def test_grid_times_seeds_with_readable_ids(write_config):
         "name: wd\nseeds: 2\nsweep:\n  optimizer.name: [adam, adamw]\n  optimizer.weight_decay: [0.01, 0.1]\n"
     )
     specs = expand(load_config(path).config)
+    # summary.chaos auto: each config's probe follows its seeds (the planner drops those that are not cheap)
     assert [s.run_id for s in specs] == [
-        "adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.1-s0", "adam-wd0.1-s1",
-        "adamw-wd0.01-s0", "adamw-wd0.01-s1", "adamw-wd0.1-s0", "adamw-wd0.1-s1",
+        "adam-wd0.01-s0", "adam-wd0.01-s1", "adam-wd0.01-s0-ulp", "adam-wd0.1-s0", "adam-wd0.1-s1", "adam-wd0.1-s0-ulp",
+        "adamw-wd0.01-s0", "adamw-wd0.01-s1", "adamw-wd0.01-s0-ulp", "adamw-wd0.1-s0", "adamw-wd0.1-s1",
+        "adamw-wd0.1-s0-ulp",
     ]
     first = specs[0]
     assert first.config_id == "adam-wd0.01" and first.seed == 0
     assert first.params == {"optimizer.name": "adam", "optimizer.weight_decay": 0.01}
     assert first.config.optimizer.name == "adam" and first.config.optimizer.weight_decay == 0.01
     assert first.config.seeds == [0] and first.config.sweep == {}
-    assert len({s.config_hash for s in specs}) == 8
+    assert len({s.config_hash for s in specs}) == 12
 
 
 def test_unswept_optimizer_name_leads_the_id(write_config):
@@ -104,8 +106,8 @@ def test_results_record_the_values_each_run_trained_with(write_config, tmp_path)
 
 def test_seeds_of_a_config_share_no_mutable_value(write_config):
     specs = expand(load_config(write_config("seeds: 2\noptimizer: {betas: [0.9, 0.99]}\n")).config)
-    a, b = (s.config.optimizer.kwargs()["betas"] for s in specs)
-    assert a == b and a is not b
+    a, b, probe = (s.config.optimizer.kwargs()["betas"] for s in specs)  # two seeds and the chaos probe
+    assert a == b == probe and a is not b and probe is not a
 
 
 def test_imported_optimizers_have_readable_ids(write_config):
@@ -124,9 +126,7 @@ def test_an_axis_of_one_value_is_set_but_not_in_the_id(write_config):
     assert specs[0].config.optimizer.kwargs()["momentum"] == 0.9
 
 
-def test_chaos_probes(write_config, monkeypatch):
-    from optcmp import schema_checks
-
+def test_chaos_probes(write_config):
     path = write_config("seeds: [3, 5]\nsummary: {chaos: on}\nsweep: {optimizer.lr: [0.1, 0.01]}\n")
     specs = expand(load_config(path).config)
     assert [(s.run_id, s.config_id, s.seed, s.role) for s in specs] == [
@@ -140,10 +140,8 @@ def test_chaos_probes(write_config, monkeypatch):
     one_seed = write_config("seeds: [0]\nsummary: {chaos: on}\n", name="one.yaml")
     assert [s.role for s in expand(load_config(one_seed).config)] == ["run"]  # a single seed has no spread to compare
     assert "ulp" not in [s.role for s in expand(load_config(path, ["summary.chaos=off"]).config)]
-    auto = load_config(path, ["summary.chaos=auto"]).config
-    assert "ulp" not in [s.role for s in expand(auto)]  # until the engine moves the weights (AUTO_PROBES)
-    monkeypatch.setattr(schema_checks, "AUTO_PROBES", True)
-    assert [s.role for s in expand(auto)].count("ulp") == 2
+    auto = load_config(path, ["summary.chaos=auto"]).config  # the planner drops the probes that are not cheap
+    assert [s.run_id for s in expand(auto)] == [s.run_id for s in specs]
 
 
 def test_plain_runs_have_no_variant_and_role_run(write_config):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from tensorboardX.proto.api_pb2 import DataType
+
 from optcmp.tb import crc32c as crc
 from optcmp.tb import histograms as hist
 from optcmp.tb.events import EventFileWriter
@@ -207,7 +209,7 @@ def test_hparams_in_the_runs_own_folder(tmp_path):
     with RunLogger(run_dir) as logger:
         logger.scalars(9, {"train/loss": 0.5})
         logger.hparams(
-            {"optimizer.name": "adamw", "optimizer.weight_decay": 0.1, "seed": 1, "norm": None},
+            {"optimizer.name": "adamw", "optimizer.weight_decay": 0.1, "seed": "1", "norm": None, "hidden": 64},
             {"train_loss": 0.5, "val_accuracy": None},
             status="diverged",
         )
@@ -219,14 +221,40 @@ def test_hparams_in_the_runs_own_folder(tmp_path):
     start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
     assert start.hparams["optimizer.name"].string_value == "adamw"
     assert start.hparams["optimizer.weight_decay"].number_value == 0.1
-    assert start.hparams["seed"].number_value == 1
+    assert start.hparams["seed"].string_value == "1"
+    assert start.hparams["hidden"].number_value == 64
     assert start.hparams["norm"].string_value == "null"
     experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
-    assert [m.name.tag for m in experiment.metric_infos] == ["final/train_loss"]
+    string, number = DataType.DATA_TYPE_STRING, DataType.DATA_TYPE_FLOAT64
+    assert [(h.name, h.type) for h in experiment.hparam_infos] == [
+        ("optimizer.name", string), ("optimizer.weight_decay", number), ("seed", string), ("norm", string),
+        ("hidden", number)]
+    # every metric named, the one without a value too, shown under its own name
+    assert [(m.name.tag, m.display_name) for m in experiment.metric_infos] == [
+        ("~final/train_loss", "train_loss"), ("~final/val_accuracy", "val_accuracy")]
     end = hp_metadata.parse_session_end_info_plugin_data(content[hp_metadata.SESSION_END_INFO_TAG])
     assert end.status == 2  # STATUS_FAILURE
-    # The dashboard reads metric values from scalars of the same tag.
-    assert [(e.step, e.value) for e in acc.Scalars("final/train_loss")] == [(9, 0.5)]
+    # The dashboard reads metric values from scalars of the same tag; None has none.
+    assert [(e.step, e.value) for e in acc.Scalars("~final/train_loss")] == [(9, 0.5)]
+    assert sorted(acc.Tags()["scalars"]) == ["train/loss", "~final/train_loss"]
+
+
+def test_custom_scalars_layout_charts_the_tags_the_run_logs(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    with RunLogger(tmp_path) as logger:
+        logger.scalars(0, {"train/loss": 2.0, "lr/group0": 0.1, "lr/group1": 0.2, "grad_norm": 1.0, "weight_norm": 3.0,
+                           "weight_norm/0.Linear": 3.0})
+        logger.scalars(0, {"val/loss": 2.5})  # later tag sets do not change the layout
+        logger.scalars(1, {"train/loss": 1.0, "lr/group0": 0.1, "lr/group1": 0.2, "grad_norm": 1.0, "weight_norm": 3.0,
+                           "weight_norm/0.Linear": 3.0})
+    (event,) = read_events(tmp_path).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    assert [(c.title, [(ch.title, list(ch.multiline.tag)) for ch in c.chart]) for c in layout.category] == [
+        ("loss", [("train/loss", ["^train/loss$"])]),
+        ("learning rate", [("lr (each parameter group)", ["^lr/"])]),
+        ("norms", [("grad_norm", ["^grad_norm$"]), ("weight_norm", ["^weight_norm$"])]),
+    ]
 
 
 def test_a_redone_run_replaces_stale_events(tmp_path):
@@ -333,3 +361,35 @@ def test_scalar_summary_bytes_equal_protobuf():
     assert scalar_summaries(tags, rows) == [
         Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row)]).SerializeToString()
         for row in rows]
+
+
+class _Block(nn.Module):
+    """A module of the user's own, with a parameter of its own and nested layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.body = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+
+
+def test_parameter_tags_name_module_path_and_type():
+    from optcmp.tb.tags import ParameterTags, parameter_labels
+
+    model = nn.Sequential(nn.Linear(2, 3), _Block(), nn.Linear(3, 1, bias=False))
+    assert parameter_labels(model) == {
+        "0.weight": "0.Linear.weight", "0.bias": "0.Linear.bias",
+        "1.scale": "1._Block.scale",
+        "1.body.0.weight": "1.body.0.Linear.weight", "1.body.0.bias": "1.body.0.Linear.bias",
+        "1.body.1.weight": "1.body.1.LayerNorm.weight", "1.body.1.bias": "1.body.1.LayerNorm.bias",
+        "2.weight": "2.Linear.weight",
+    }
+    assert parameter_labels(nn.Linear(2, 1)) == {"weight": "Linear.weight", "bias": "Linear.bias"}  # the model itself
+    bare = ParameterTags(nn.Linear(2, 1), ["weight", "bias"])  # the model's own parameters: a layer each
+    assert (bare.norm_tags, bare.layers) == (("weight_norm", "weight_norm/Linear.weight", "weight_norm/Linear.bias"), [0, 1])
+    names = [n for n, _ in model.named_parameters()]
+    tags = ParameterTags(model, names)
+    assert tags.weights[:2] == ["weights/0.Linear.weight", "weights/0.Linear.bias"]
+    assert tags.grads[-1] == "grads/2.Linear.weight"
+    assert tags.norm_tags == ("weight_norm", "weight_norm/0.Linear", "weight_norm/1._Block", "weight_norm/1.body.0.Linear",
+                              "weight_norm/1.body.1.LayerNorm", "weight_norm/2.Linear")
+    assert tags.layers == [0, 0, 1, 2, 2, 3, 3, 4]

@@ -219,6 +219,7 @@ def test_mixed_group_runs_each_member_with_its_own_decay(tmp_path):
 
 MINIBATCH = """\
 name: mb
+summary: {chaos: off}
 seeds: [0, 1, 2]
 device: cpu
 model: {kind: mlp, hidden: [16, 16], norm: none, activation: relu}
@@ -265,7 +266,7 @@ def test_minibatch_members_have_their_own_data_and_order(write_config, tmp_path)
     assert len(losses) == 6
     logged = pd.read_csv(tmp_path / "vec" / specs[0].run_id / "metrics.csv")
     assert logged["epoch"].tolist() == [1, 2, 3]
-    assert {"val/loss", "val/accuracy", "lr/group0", "weight_norm", "weight_norm/0"} <= set(logged.columns)
+    assert {"val/loss", "val/accuracy", "lr/group0", "weight_norm", "weight_norm/0.Linear"} <= set(logged.columns)
 
 
 def test_schedules_by_step_with_warmup_and_two_groups(write_config, tmp_path):
@@ -273,6 +274,7 @@ def test_schedules_by_step_with_warmup_and_two_groups(write_config, tmp_path):
     (no_decay) and two learning rates: the rates each member uses and logs are torch's."""
     text = """\
 name: sched
+summary: {chaos: off}
 seeds: 2
 device: cpu
 model: {kind: mlp, hidden: [8], norm: layernorm, activation: tanh}
@@ -361,6 +363,7 @@ def test_batchnorm_members_with_validation_and_minibatches(write_config, tmp_pat
     lr·noise/(|noise| + eps) in a direction of its own; SGD moves it by lr·noise."""
     text = """\
 name: bn
+summary: {chaos: off}
 seeds: 2
 device: cpu
 model: {kind: mlp, hidden: [8, 8], norm: batchnorm, activation: relu}
@@ -379,6 +382,7 @@ log: {every: 1, histograms: {every: 2}}
 def test_an_imported_model_of_stackable_layers_is_vectorized(write_config, tmp_path):
     text = """\
 name: own-model
+summary: {chaos: off}
 seeds: 2
 device: cpu
 model: {kind: "tests.userlib:sequential_model", kwargs: {width: 6}}
@@ -402,6 +406,7 @@ log: {every: 5, histograms: {every: 10}}
 def test_schedules_by_epoch(write_config, tmp_path):
     text = """\
 name: sched-epochs
+summary: {chaos: off}
 seeds: 2
 device: cpu
 model: {kind: mlp, hidden: [8], norm: none, activation: relu}
@@ -547,6 +552,7 @@ def test_interrupt_marks_unfinished_members(tmp_path):
 def test_group_specs_partitions_and_says_why(write_config):
     text = """\
 name: grouping
+summary: {chaos: off}
 seeds: 2
 device: cpu
 data: {kind: quadratic}
@@ -569,6 +575,7 @@ sweep:
 def test_jobs_split_a_group_into_pieces_of_at_least_min_split(write_config):
     text = """\
 name: split
+summary: {chaos: off}
 seeds: 5
 device: cpu
 data: {kind: quadratic}
@@ -613,6 +620,7 @@ train: {steps: 30}
 optimizer: {name: sgd, lr: 0.01}
 sweep: {optimizer.lr: [0.01, 0.003], optimizer.name: [sgd, adam, "pytorch_optimizer:Lion"]}
 log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}
 """
     specs = expand(load_config(write_config(text)).config)
     units = group_specs(specs)
@@ -795,17 +803,19 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
 
     from optcmp.cli import app
 
-    path = write_config(CLI_SWEEP)
+    # summary.chaos on: both engines train each config's chaos probe (auto would train the probes of
+    # vectorized configs only), so both write the same runs
+    path = write_config(CLI_SWEEP + "summary: {chaos: on}\n")
     plan = CliRunner().invoke(app, ["plan", str(path)])
     assert plan.exit_code == 0, plan.output
-    assert "vectorized group of 8: adam-wd0-s0, adam-wd0-s1, adam-wd0.1-s0, … adamw-wd0.1-s1" in plan.output
+    assert "vectorized group of 12: adam-wd0-s0, adam-wd0-s1, adam-wd0-s0-ulp, … adamw-wd0.1-s0-ulp" in plan.output
     assert "sequential: adadelta-wd0-s0 (optimizer `adadelta` has no batched update" in plan.output
     for command in ("plan", "run"):  # --engine vectorized insists
         refused = CliRunner().invoke(app, [command, str(path), "--out", str(tmp_path / "refused"), "--engine", "vectorized"])
         assert refused.exit_code == 2
-        assert refused.output.strip().startswith("error: --engine vectorized: 4 of 12 runs cannot be vectorized "
+        assert refused.output.strip().startswith("error: --engine vectorized: 6 of 18 runs cannot be vectorized "
                                                  "(adadelta-wd0-s0: optimizer `adadelta` has no batched update")
-        assert refused.output.strip().endswith("and 1 more); --engine auto trains them one by one")
+        assert refused.output.strip().endswith("and 3 more); --engine auto trains them one by one")
     assert not (tmp_path / "refused").exists()
     for engine in ("auto", "sequential"):
         result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / engine), "--engine", engine])
@@ -813,7 +823,8 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
     vec, seq = tmp_path / "auto" / "engines", tmp_path / "sequential" / "engines"
     a, b = pd.read_csv(vec / "runs.csv"), pd.read_csv(seq / "runs.csv")
     assert list(a.columns) == list(b.columns) and a["run_id"].tolist() == b["run_id"].tolist()
-    assert a["engine"].tolist() == ["vectorized"] * 8 + ["sequential"] * 4
+    assert a["engine"].tolist() == ["vectorized"] * 12 + ["sequential"] * 6
+    assert a["role"].tolist() == ["run", "run", "ulp"] * 6
     assert (b["engine"] == "sequential").all()
     for run_id in a["run_id"]:
         ra, rb = (json.loads((d / run_id / "result.json").read_text()) for d in (vec, seq))
@@ -825,5 +836,5 @@ def test_run_engines_write_the_same_results(write_config, tmp_path):
         ta, tb = tensorboard_contents(vec / run_id), tensorboard_contents(seq / run_id)
         assert ta == tb
         # every 20 steps after the step's update, and the last step's: the final weights
-        assert "weights/0.weight" in ta["histograms"] and ta["histograms"]["grads/8.bias"] == [0, 20, 39]
-        assert {"train/loss", "val/loss", "grad_norm", "update_ratio", "weight_norm/4"} <= set(ta["scalars"])
+        assert "weights/0.Linear.weight" in ta["histograms"] and ta["histograms"]["grads/8.Linear.bias"] == [0, 20, 39]
+        assert {"train/loss", "val/loss", "grad_norm", "update_ratio", "weight_norm/4.Linear"} <= set(ta["scalars"])

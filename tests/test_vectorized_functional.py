@@ -33,6 +33,7 @@ train: {steps: 30}
 optimizer: {name: adam, lr: 0.003}
 sweep: {optimizer.weight_decay: [0.0, 0.1]}
 log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}  # no ulp probes: the runs are counted
 """
 
 TRANSFORMER = """\
@@ -45,6 +46,7 @@ train: {steps: 30, loss: cross_entropy}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 sweep: {optimizer.weight_decay: [0.0, 0.01]}
 log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}  # no ulp probes: the runs are counted
 """
 
 DROPOUT_CNN = """\
@@ -56,6 +58,7 @@ data: {kind: sklearn, name: digits, standardize: true, batch_size: 32}
 train: {steps: 30}
 optimizer: {name: adamw, lr: 0.003, weight_decay: 0.01}
 log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}  # no ulp probes: the runs are counted
 """
 
 

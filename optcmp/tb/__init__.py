@@ -5,7 +5,7 @@ protobuf bytes (`events`), and their CRC-32C checksums (`crc32c`).
 
 The hand-framed bytes are what makes logging every tensor at every step cheap (measured
 15× against tensorboardX's writer); they stay in this package, tested by reading them back
-with TensorBoard's own reader. Nothing outside imports more than `RunLogger` and
-`log_histograms`.
+with TensorBoard's own reader. Nothing outside imports more than `RunLogger`,
+`log_histograms` and the parameters' tags (`tags.ParameterTags`: `weights/0.Linear.weight`).
 """
 from __future__ import annotations

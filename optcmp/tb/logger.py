@@ -1,4 +1,5 @@
-"""One run's logger: scalars to TensorBoard and metrics.csv, histograms, text, hparams.
+"""One run's logger: scalars to TensorBoard and metrics.csv, histograms, text, hparams, and
+the Custom Scalars layout.
 
 The trainer only talks to `RunLogger`; how events are encoded and written is private here.
 Histograms are summarized in batches (`histograms.py`): on a GPU by a few ops on the device
@@ -14,6 +15,7 @@ import io
 import json
 import math
 import numbers
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status
 from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.layout_pb2 import Category, Chart, Layout, MultilineChartContent
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.proto.tensor_pb2 import TensorProto
@@ -38,7 +41,21 @@ from .events import BatchJob, EventFileWriter, event_bytes, scalar_summaries, sc
 DEFAULT_HISTOGRAM_BINS = 30
 
 _EVENTS_GLOB = "events.out.tfevents.*"
-_FINAL = "final/"
+# The final metrics' scalars, which the HParams dashboard reads its metric values from. The
+# tilde sorts after every letter, so the Scalars and Time Series tabs, which open their
+# first groups, open on the training curves, with these single-point charts last and closed.
+FINAL_PREFIX = "~final/"
+
+# The Custom Scalars tab (tensorboard/plugins/custom_scalar): one layout per run, which the
+# plugin merges across runs (categories by title, charts without duplicates). A chart is
+# shown where the run logs a tag it matches; (category, [(chart title, tag regex)]).
+_LAYOUT_TAG = "custom_scalars__config__"
+LAYOUT = (
+    ("loss", [("train/loss", r"^train/loss$"), ("val/loss", r"^val/loss$")]),
+    ("accuracy", [("val/accuracy", r"^val/accuracy$")]),
+    ("learning rate", [("lr (each parameter group)", r"^lr/")]),
+    ("norms", [("grad_norm", r"^grad_norm$"), ("weight_norm", r"^weight_norm$"), ("update_ratio", r"^update_ratio$")]),
+)
 
 # Tags and status codes the HParams plugin looks for (tensorboard/plugins/hparams/metadata.py).
 _HPARAMS_PLUGIN = "hparams"
@@ -74,6 +91,7 @@ class RunLogger:
         self._rows: dict[int, dict[str, float]] = {}  # step -> row, in the order first logged
         self._columns: dict[str, None] = {"step": None}
         self._tag_sets: set[tuple[str, ...]] = set()  # tag tuples already in _columns
+        self._layout_written = False
         self._last_step = 0
         self._closed = False
 
@@ -100,8 +118,29 @@ class RunLogger:
         if tags not in self._tag_sets:
             self._tag_sets.add(tags)
             self._columns.update(dict.fromkeys(tags))
+            if not self._layout_written:
+                self._write_layout(tags)
         self._last_step = max(self._last_step, step)
         self._events.submit(_ScalarJob(step, time.time(), tags, values))
+
+    def _write_layout(self, tags: tuple[str, ...]) -> None:
+        """The Custom Scalars layout, once, with the run's first scalars: the charts of
+        `LAYOUT` that match one of `tags` (a log point's scalars: all the run will log)."""
+        categories = []
+        for title, charts in LAYOUT:
+            shown = [Chart(title=name, multiline=MultilineChartContent(tag=[regex]))
+                     for name, regex in charts if any(re.search(regex, tag) for tag in tags)]
+            if shown:
+                categories.append(Category(title=title, chart=shown))
+        if not categories:
+            return
+        self._layout_written = True
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+        tensor = TensorProto(dtype="DT_STRING", string_val=[Layout(category=categories).SerializeToString()],
+                             tensor_shape=TensorShapeProto())
+        summary = Summary(value=[Summary.Value(tag=_LAYOUT_TAG, metadata=metadata, tensor=tensor)])
+        wall = time.time()
+        self._events.submit(lambda: [Event(wall_time=wall, step=0, summary=summary).SerializeToString()])
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Log one histogram per tensor at `step`; tags are the mapping's keys.
@@ -127,19 +166,18 @@ class RunLogger:
         """Register this run in the HParams dashboard with its swept values and final metrics.
 
         Call once, at the end of the run. `hparams` should hold the swept values by dotted
-        key and `seed`, so seeds of one config show as separate rows. Each metric is also
-        logged as the scalar `final/<name>` (the dashboard reads metric values from
-        scalars); metrics that are None are left out. `status` (a `results.Status`: ok,
-        diverged, pruned, failed, interrupted) sets the session's status in the dashboard.
+        key and `seed`, so seeds of one config show as separate rows. `metrics` names every
+        metric the dashboard lists for the run, in order, with its value, or None where the
+        run has none (a diverged run's): the runs of an experiment should name the same
+        metrics, as the dashboard takes its columns from one of them. Each value is also
+        logged as the scalar `~final/<name>` (the dashboard reads metric values from
+        scalars; see `FINAL_PREFIX`). `status` (a `results.Status`: ok, diverged, pruned,
+        failed, interrupted) sets the session's status in the dashboard.
         """
-        finals = {
-            name if name.startswith(_FINAL) else _FINAL + name: float(value)
-            for name, value in metrics.items()
-            if value is not None
-        }
+        finals = [(FINAL_PREFIX + name, float(value)) for name, value in metrics.items() if value is not None]
         step, wall = self._last_step, time.time()
-        summaries = _hparams_summaries(hparams, finals, self._start_time, wall, status)
-        finals_event = _scalar_event(step, wall, list(finals.items()))
+        summaries = _hparams_summaries(hparams, list(metrics), self._start_time, wall, status)
+        finals_event = _scalar_event(step, wall, finals)
 
         def job():
             return [finals_event] + [
@@ -303,7 +341,7 @@ def _plugin_summary(tag: str, data: HParamsPluginData) -> Summary:
 
 
 def _hparams_summaries(
-    hparams: Mapping[str, object], metric_tags: Mapping[str, float], start: float, end: float, status: str
+    hparams: Mapping[str, object], metrics: list[str], start: float, end: float, status: str
 ) -> list[Summary]:
     """The experiment, session-start and session-end summaries of the HParams plugin.
 
@@ -319,7 +357,7 @@ def _hparams_summaries(
         infos.append(HParamInfo(name=name, type=_TYPES[field]))
     experiment = Experiment(
         hparam_infos=infos,
-        metric_infos=[MetricInfo(name=MetricName(tag=tag)) for tag in metric_tags],
+        metric_infos=[MetricInfo(name=MetricName(tag=FINAL_PREFIX + name), display_name=name) for name in metrics],
         time_created_secs=start,
     )
     end_info = SessionEndInfo(status=_STATUS.get(status, Status.STATUS_UNKNOWN), end_time_secs=end)
