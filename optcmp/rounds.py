@@ -44,8 +44,15 @@ def record(design: SequentialDesign, decision, metric: str | None) -> dict[str, 
 
 
 def forget(exp_dir: Path) -> None:
-    """A run with a fixed list of seeds: no decision of an earlier `seeds: auto` stays behind."""
-    (Path(exp_dir) / ROUNDS_FILE).unlink(missing_ok=True)
+    """A run with a fixed list of seeds: no decision of an earlier `seeds: auto` stays behind.
+    Where the folder is no folder or cannot be written, nothing is done here: the sweep's own
+    checks say so in one line before anything is written."""
+    path = Path(exp_dir) / ROUNDS_FILE
+    try:
+        if path.is_file():
+            path.unlink()
+    except OSError:
+        pass
 
 
 def round_lines(decision, design: SequentialDesign) -> list[str]:

@@ -33,6 +33,7 @@ optimizer: {name: adam, lr: 0.01}
 sweep:
   optimizer.weight_decay: [0.0, 0.1, 0.2, 0.3]
 log: {every: 10, histograms: {every: 15}}
+summary: {chaos: off}  # the runs planned, no chaos probes (summary.chaos auto adds one per config)
 """
 RUNS = 64
 TRIES = 20
@@ -161,6 +162,7 @@ sweep:
   optimizer.weight_decay: [0.0, 0.1, 0.2, 0.3]
   model.hidden: [[8], [4]]
 log: {every: 10, histograms: {every: 15}}
+summary: {chaos: off}  # the runs planned, no chaos probes (summary.chaos auto adds one per config)
 """
 
 

@@ -156,6 +156,7 @@ optimizer: {name: adam, lr: 0.01}
 sweep:
   optimizer.weight_decay: [0.0, 0.1]
 log: {every: 4, histograms: {every: 4}}
+summary: {chaos: off}  # the runs planned, no chaos probes (summary.chaos auto adds one per config)
 """
 LAYERS = ["0.Linear", "1.LayerNorm", "3.Linear"]  # Linear(4, 6), LayerNorm(6), ReLU, Linear(6, 3)
 CURVES = {"train/loss", "val/loss", "val/accuracy", "lr/group0", "grad_norm", "weight_norm", "update_ratio",
