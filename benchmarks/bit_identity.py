@@ -89,6 +89,9 @@ def main() -> None:
                 train(config, engine, where)
                 print(f"{config:18} {engine:10} reference written to {where}")
                 continue
+            if not where.is_dir():  # a config shipped after the reference was made
+                print(f"{config:18} {engine:10} no reference in {args.ref}: skipped")
+                continue
             (ref,) = [p for p in where.iterdir() if p.is_dir()]
             with tempfile.TemporaryDirectory() as tmp:
                 same, n, csv_same, differ = compare(ref, train(config, engine, Path(tmp)))

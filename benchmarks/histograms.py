@@ -34,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BASELINE = ROOT.parent / "shared" / "baselines" / "handwritten_histograms.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, baselines_dir  # noqa: E402
+
+BASELINE = Path("handwritten_histograms.py")  # in --baselines (set in main)
 STEPS = 1000
 
 # The baseline script's experiment, as an optcmp config.
@@ -142,7 +144,10 @@ def main() -> None:
                          "1 keeps a loaded machine from stalling torch's thread pool)")
     ap.add_argument("--in-process", action="store_true",
                     help="instead: time the training loop alone, logging through RunLogger with and without histograms")
+    ap.add_argument("--baselines", help="the folder of handwritten_histograms.py (default: ../shared/baselines)")
     args = ap.parse_args()
+    global BASELINE
+    BASELINE = baselines_dir(args.baselines) / "handwritten_histograms.py"
     if args.in_process:
         in_process(args.reps)
         return

@@ -24,7 +24,10 @@ from optcmp.config import load_config
 from optcmp.runner import Events, Execution, experiment_dir, preflight, run_sweep
 from optcmp.sweep import expand
 
-BASELINE = Path(__file__).resolve().parents[2] / "shared" / "baselines" / "handwritten_sweep.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import baselines_dir  # noqa: E402
+
+BASELINE = Path("handwritten_sweep.py")  # in --baselines (set in main)
 DECAYS = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]  # as in the baseline
 
 TINY = """\
@@ -128,7 +131,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000, help="steps of each run in the timing sweep")
     ap.add_argument("--width", type=int, default=20, help="hidden width in the timing sweep")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--baselines", help="the folder of handwritten_sweep.py (default: ../shared/baselines)")
     args = ap.parse_args()
+    global BASELINE
+    BASELINE = baselines_dir(args.baselines) / "handwritten_sweep.py"
     with tempfile.TemporaryDirectory(prefix="optcmp-bench-") as tmp:
         memory(Path(tmp), args.runs)
         timing(Path(tmp), args.jobs, args.steps, args.width)

@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-BASELINE = ROOT.parent / "shared" / "baselines" / "handwritten_sweep.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, baselines_dir  # noqa: E402
+
 DECAYS = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 GOAL = 30.0
 
@@ -108,7 +109,9 @@ def main() -> None:
     ap.add_argument("--baseline-repeats", type=int, default=1, help="baseline runs to take the median of")
     ap.add_argument("--no-sequential", action="store_true", help="skip the engine comparison")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="optcmp's --jobs (default: the cores)")
+    ap.add_argument("--baselines", help="the folder of handwritten_sweep.py (default: ../shared/baselines)")
     args = ap.parse_args()
+    baseline = baselines_dir(args.baselines) / "handwritten_sweep.py"
 
     seeds, steps, decays = (2, 300, [0.0, 0.01, 0.1, 1.0]) if args.quick else (4, 1000, DECAYS)
     members = 2 * len(decays) * seeds
@@ -134,7 +137,7 @@ def main() -> None:
                                 for _ in range(args.repeats))
         print(f"optcmp run --engine vectorized --jobs 1: {one:.2f} s (median of {args.repeats})")
 
-        cmd = [sys.executable, str(BASELINE), "--members", str(members), "--steps", str(steps)]
+        cmd = [sys.executable, str(baseline), "--members", str(members), "--steps", str(steps)]
         baselines = {}
         for label, env in (("as shipped (torch's default threads)", None), ("one torch thread", one_thread_env())):
             runs = [timed(cmd, env) for _ in range(args.baseline_repeats)]

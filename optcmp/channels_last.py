@@ -72,6 +72,23 @@ def _max_pool2d_members(info, in_dims, x, kernel_size, stride, padding, dilation
     return _members_of(y.contiguous(memory_format=torch.channels_last), members), 0
 
 
+def _without_dynamo(op) -> None:
+    """Let `op`'s kernels run without first importing torch._dynamo. torch wraps a custom
+    operator's kernel in `torch._disable_dynamo`, which imports torch._dynamo at the first
+    call (2 s on a loaded 2-core machine, in every process that trains a CNN; preflight's
+    trial pass included) only to mark the kernel as not to be traced. Nothing here is
+    compiled: the kernel is marked as its own disabled form, the attribute that decorator
+    caches it under. Where torch lays this out otherwise, nothing changes."""
+    for kernel in getattr(op, "_backend_fns", {}).values():
+        inner = getattr(kernel, "__wrapped__", None)
+        if inner is not None and getattr(inner, "__dynamo_disable", None) is None:
+            setattr(inner, "__dynamo_disable", inner)
+
+
+_without_dynamo(conv2d)
+_without_dynamo(max_pool2d)
+
+
 def _pair(value) -> list[int]:
     return [value, value] if isinstance(value, int) else list(value)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,12 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
+        """The features of a flat sample (of an image `[C, H, W]`: its channels)."""
         return self.x_train.shape[1]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device) -> "Dataset":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -111,11 +117,21 @@ def sklearn_dataset(name: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
         import sklearn.datasets
     except ImportError:
         raise ConfigError("data.kind", "`sklearn` data sets need scikit-learn: pip install 'optcmp[sklearn]'") from None
-    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    data, target = _sklearn_arrays(name)
     task = SKLEARN[name]
-    x = torch.as_tensor(bunch.data, dtype=torch.float32)
-    y = torch.as_tensor(bunch.target, dtype=torch.long if task == "classification" else torch.float32)
+    x = torch.tensor(data, dtype=torch.float32)  # copies: the cached arrays stay as loaded
+    y = torch.tensor(target, dtype=torch.long if task == "classification" else torch.float32)
     return x, y, task
+
+
+@lru_cache(maxsize=None)
+def _sklearn_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled data set's features and targets, read from disk once a process (0.1 s
+    each for the digits: a sweep builds every run's data, in preflight and in training)."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    return bunch.data, bunch.target
 
 
 def infer_task(target) -> str:
@@ -283,6 +299,8 @@ def build_data(cfg: DataConfig, seed: int, base_dir: Path | None = None) -> Data
         x_tr, y_tr, x_va, y_va = _split(x, y, cfg.val_fraction, gen)
     if cfg.standardize:
         x_tr, x_va = standardize(x_tr, x_va)
+    if cfg.shape is not None:
+        x_tr, x_va = (None if x is None else reshaped(x, cfg) for x in (x_tr, x_va))
     if task == "regression":
         n_out = 1 if y_tr.dim() == 1 else y_tr.shape[1]
     elif cfg.kind == "random_classification":
@@ -290,6 +308,16 @@ def build_data(cfg: DataConfig, seed: int, base_dir: Path | None = None) -> Data
     else:  # labels are 0…k−1 over both splits together
         n_out = int(max(t.max() for t in (y_tr, y_va) if t is not None and len(t))) + 1
     return Dataset(x_tr, y_tr, x_va, y_va, task, n_out)
+
+
+def reshaped(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """Each sample of `x` reshaped (row-major) to `data.shape`."""
+    have, want = math.prod(x.shape[1:]), math.prod(cfg.shape)
+    if have != want:
+        what = f"`{cfg.name}`" if cfg.kind == "sklearn" else f"`{cfg.kind}`"
+        raise ConfigError("data.shape", f"{list(cfg.shape)} holds {want} values, but each sample of {what} has {have}; "
+                          f"allowed: a shape of {have} values, e.g. [{have}]")
+    return x.reshape(len(x), *cfg.shape)
 
 
 def batch_size_of(cfg: DataConfig, n_train: int) -> int:

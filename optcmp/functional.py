@@ -335,6 +335,49 @@ def functional_reason(model: nn.Module, sample: torch.Tensor) -> str | None:
     return None
 
 
+class _Allocations(torch.overrides.TorchFunctionMode):
+    """Counts the values of the new tensors torch functions return (views not included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                self.values += t.numel()
+        return out
+
+
+def training_probe(model: nn.Module, sample: torch.Tensor) -> tuple[tuple[str, ...], int]:
+    """What one training-mode pass of `model` on `sample` (`[B, …]`) shows: the parameters
+    whose gradient it leaves None (not reached from the output, or not requiring one), which
+    torch.optim therefore leaves untouched, weight decay and momentum included; and the
+    values of the tensors it allocates per sample, input included (a memory estimate).
+    torch's RNG state and the model's tensors, gradients and mode are left as they were."""
+    named = dict(model.named_parameters())
+    kept = {n: b.detach().clone() for n, b in model.named_buffers()}
+    was_training = model.training
+    counter = _Allocations()
+    try:
+        with torch.random.fork_rng(devices=[sample.device] if sample.device.type == "cuda" else []), torch.enable_grad():
+            model.train()
+            with counter:
+                out = model(sample)
+            wanted = [n for n, p in named.items() if p.requires_grad]
+            grads = torch.autograd.grad(out.sum(), [named[n] for n in wanted], allow_unused=True) if wanted else []
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(kept[n])
+    reached = {n for n, g in zip(wanted, grads) if g is not None}
+    per_sample = counter.values // max(len(sample), 1) + math.prod(sample.shape[1:])
+    return tuple(n for n in named if n not in reached), per_sample
+
+
 def _first_sentence(error: Exception) -> str:
     """The gist of torch's (often paragraph-long) error message, on one line."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -180,6 +180,9 @@ class Loop:
     def open(self) -> list[int]:
         return [m for m, f in enumerate(self.folders) if not f.done]
 
+    def any_open(self) -> bool:
+        return any(not f.done for f in self.folders)  # at the first open member: once a step, for M members
+
     def share(self) -> float:
         """A member's share of the wall time so far: what `seconds` sums to over a sweep."""
         return (time.perf_counter() - self.start) / len(self.folders)
@@ -192,11 +195,12 @@ class Loop:
         gens = [shuffle_generator(f.spec.seed, where) for f in self.folders]  # each member its own order
         self.start = time.perf_counter()
         step = epoch = 0
-        while step < total and self.open():
-            batches = [list(epoch_batches(self.n_train, bs, g)) for g in gens]
+        whole = [[None]] * len(gens)  # a full batch draws no order
+        while step < total and self.any_open():
+            batches = whole if bs >= self.n_train else [list(epoch_batches(self.n_train, bs, g)) for g in gens]
             epoch_sum, epoch_n = None, 0
             for k in range(len(batches[0])):
-                if step >= total or not self.open():
+                if step >= total or not self.any_open():
                     break
                 stopping.check()  # a stop signal ends the members still training here, between two steps
                 log_step = not self.by_epoch and (step % every == 0 or step == total - 1)
@@ -209,7 +213,7 @@ class Loop:
                     epoch_sum, epoch_n = _accumulate(epoch_sum, losses, n), epoch_n + n
                 if log_step or hist_step or self.watch.due():
                     self.check_divergence()
-                    if not self.open():
+                    if not self.any_open():
                         break
                 members.update(losses)
                 if hist_step:
@@ -217,7 +221,7 @@ class Loop:
                 if log_step:
                     self.log_point(step, losses, after_step=True, progress_step=step + 1)
                 step += 1
-            if not self.open():
+            if not self.any_open():
                 break
             epoch += 1
             mean = None if epoch_sum is None else _divide(epoch_sum, max(epoch_n, 1))

@@ -17,9 +17,13 @@ from optcmp.resolve import ResolvedRun, resolve_device
 from optcmp.units import Unit
 
 MAX_MEMBERS = 512  # members per unit at most: beyond this a step is arithmetic-bound anyway
+# On the CPU, fewer: a unit's stacked tensors outgrow the caches, and each member's step costs
+# more (the reference MLP: about 15 % more a member-step at 512 members than at 128).
+CPU_MEMBERS = 128
 MIN_SPLIT = 8  # members per piece at least when --jobs splits a group across processes
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one unit may use
 ALONE = "no other run shares its architecture, data and training config"
+STACKED = {"hand-written": "hand-written stacked MLP", "torch.func": "stacked with torch.func"}
 
 
 def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1, max_members: int = MAX_MEMBERS) -> list[Unit]:
@@ -32,14 +36,20 @@ def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1, max
         groups.setdefault(run.group_key or run.spec.run_id, []).append(run)
     units = []
     for members in groups.values():
+        # the runs of one batched optimizer next to each other: each piece holds them as row ranges
+        blocks: dict[str | None, list[ResolvedRun]] = {}
+        for run in members:
+            blocks.setdefault(run.block_key, []).append(run)
+        members = [run for block in blocks.values() for run in block]
         if len(members) == 1:
             units.append(Unit((members[0],), "sequential", members[0].why_not or ALONE))
             continue
-        size = max_members
+        device = resolve_device(members[0].config.device)
+        size = min(max_members, CPU_MEMBERS) if device.type == "cpu" else max_members
         split = min(jobs, len(members) // MIN_SPLIT)
         if split > 1:
             size = min(size, math.ceil(len(members) / split))
-        fits = max(1, memory_budget(resolve_device(members[0].config.device)) // member_bytes(members[0]))
+        fits = max(1, memory_budget(device) // member_bytes(members[0]))
         for piece in pieces(members, size):
             units += [Unit(tuple(chunk), "vectorized") for chunk in pieces(piece, min(size, fits))]
     order = {run.spec.run_id: i for i, run in enumerate(runs)}
@@ -87,12 +97,13 @@ def memory_budget(device: torch.device) -> int:
 
 def member_bytes(run: ResolvedRun) -> int:
     """A generous estimate of one member's memory in a vectorized group: about ten copies of
-    its parameters (weights, gradients, optimizer state, temporaries) and four of each
-    layer's activations for all its samples, plus its data when it has its own."""
+    its parameters (weights, gradients, optimizer state, temporaries) and four of its
+    activations (`ResolvedRun.activations`) for all its samples, plus its data when it has
+    its own."""
     shape = run.data
     rows = shape.n_train + shape.n_val
-    data = rows * (shape.n_features + 1) if shape.seeded else 0
-    return 4 * (10 * run.n_params + 4 * rows * (run.linear_widths * 2 + shape.n_features) + data)
+    data = rows * (math.prod(shape.sample_shape) + 1) if shape.seeded else 0
+    return 4 * (10 * run.n_params + 4 * rows * run.activations + data)
 
 
 def describe_units(units: list[Unit]) -> list[str]:
@@ -101,7 +112,9 @@ def describe_units(units: list[Unit]) -> list[str]:
     for unit in units:
         if unit.engine == "vectorized":
             ids = ", ".join(s.run_id for s in unit[:3]) + (f", … {unit[-1].run_id}" if len(unit) > 3 else "")
-            lines.append(f"vectorized group of {len(unit)}: {ids}")
+            blocks = len({run.block_key for run in unit.runs})
+            optimizers = f", {blocks} batched optimizers" if blocks > 1 else ""
+            lines.append(f"vectorized group of {len(unit)}: {ids} ({STACKED[unit.runs[0].stacking]}{optimizers})")
         else:
             lines.append(f"sequential: {unit[0].run_id} ({unit.reason or ALONE})")
     return lines

@@ -27,8 +27,8 @@ from optcmp.config import ExperimentConfig, OptimizerConfig
 from optcmp.data import Dataset, batch_size_of, build_data
 from optcmp.dry import blame, dry_step, optimizer_sections
 from optcmp.errors import ConfigError
+from optcmp.functional import TRIAL_ROWS, functional_reason, training_probe
 from optcmp.imports import is_import_path, load_object, signature_of
-from optcmp.models import BUILTIN as BUILTIN_MODELS
 from optcmp.models import build_model
 from optcmp.optimizers import (decay_semantics, describe_groups, optimizer_class, param_groups, resolved_kwargs,
                                schedule_length, weight_decay_kind)
@@ -56,6 +56,7 @@ class DataShape:
     n_outputs: int  # 1 for regression, the number of classes for classification
     task: str  # "regression" | "classification"
     seeded: bool  # the data set depends on the seed: each member of a group holds its own
+    sample_shape: tuple[int, ...]  # one input sample's shape: (n_features,) for flat features
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,12 @@ class ResolvedRun:
     full_batch: bool  # every step sees the whole training set
     mode_free: bool  # no layer computes differently in training and evaluation mode
     n_params: int
-    linear_widths: int  # the output widths of the Linear layers, summed (for memory estimates)
+    activations: int  # values a forward pass holds per sample, input included (for memory estimates)
+    stacking: str | None  # the stacked model of its group: "hand-written" or "torch.func"; None: none
+    unreached: tuple[str, ...]  # parameters a training step gives no gradient: torch.optim leaves them as they are
     why_not: str | None  # why the run cannot join a vectorized group; None: it can
     group_key: str | None = field(default=None)  # runs with equal keys train together
+    block_key: str | None = field(default=None)  # within a group, runs with equal keys share one batched optimizer
 
     @property
     def config(self) -> ExperimentConfig:
@@ -137,13 +141,37 @@ def check_optimizer(model: nn.Module, cfg: OptimizerConfig) -> bool:
     return True
 
 
-def why_not(config: ExperimentConfig, model: nn.Module, options: dict[str, Any]) -> str | None:
-    """Why a run of this config cannot join a vectorized group, or None. `model`: the
-    config's model, built."""
-    if config.model.kind not in BUILTIN_MODELS:
-        reason = unsupported_layer(model)
-        if reason:
-            return f"model `{config.model.kind}`: {reason}"
+@dataclass(frozen=True)
+class Stacking:
+    """How a config's model trains in a vectorized group (decided once per model and data)."""
+
+    path: str | None  # "hand-written" (batched_model.py) or "torch.func" (functional.py); None: neither
+    reason: str | None  # why neither can take it, naming the layer
+    unreached: tuple[str, ...]  # parameters a training step gives no gradient
+    activations: int  # values a forward pass holds per sample, input included
+
+
+def stacking(config: ExperimentConfig, model: nn.Module, sample: torch.Tensor) -> Stacking:
+    """The hand-written stacked model where it covers the model (flat features; Linear,
+    LayerNorm, BatchNorm1d and activations), measurably the faster; else the torch.func one
+    where a trial pass of it runs (`functional.functional_reason`). `sample`: a few of the
+    training inputs."""
+    frozen = tuple(n for n, p in model.named_parameters() if not p.requires_grad)
+    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    if sample.dim() == 2 and unsupported_layer(model) is None:
+        return Stacking("hand-written", None, frozen, widths * 2 + sample.shape[1])
+    reason = functional_reason(model, sample[:TRIAL_ROWS])
+    if reason:
+        return Stacking(None, f"model `{config.model.kind}`: {reason}", frozen, widths * 2 + sample[0].numel())
+    unreached, activations = training_probe(model, sample[:TRIAL_ROWS])
+    return Stacking("torch.func", None, unreached, activations)
+
+
+def why_not(config: ExperimentConfig, stacked: Stacking, options: dict[str, Any]) -> str | None:
+    """Why a run of this config cannot join a vectorized group, or None. `stacked`: how
+    its model would stack."""
+    if stacked.reason:
+        return stacked.reason
     if config.scheduler is not None:
         reason = unscheduled(config.scheduler)
         if reason:
@@ -155,19 +183,26 @@ def why_not(config: ExperimentConfig, model: nn.Module, options: dict[str, Any])
     return reason
 
 
-def group_key(config: ExperimentConfig, family: str, options: dict[str, Any], data: DataShape) -> str:
-    """Runs with equal keys can train together: everything but the seed, the per-member
-    optimizer hyperparameters and the learning-rate schedule is equal, and so is the data's
-    shape (which a data factory may make depend on the seed)."""
+def group_key(config: ExperimentConfig, layout: tuple[ParamGroup, ...], data: DataShape) -> str:
+    """Runs with equal keys can train together as one stacked model: everything but the
+    seed, the optimizer and the learning-rate schedule is equal, and so are the parameter
+    groups' members (the flat buffer's layout) and the data's shape (which a data factory
+    may make depend on the seed). Their optimizers may differ: see `block_key`."""
     dumped = config.model_dump(mode="json")
-    dumped.pop("seeds")
-    dumped.pop("scheduler")
-    optimizer = dumped.pop("optimizer")
+    for key in ("seeds", "scheduler", "optimizer", "optimizers", "variant"):
+        dumped.pop(key, None)
+    shape = [data.n_train, data.n_val]
+    return json.dumps([dumped, [list(g.names) for g in layout], shape], sort_keys=True, default=str)
+
+
+def block_key(config: ExperimentConfig, family: str, options: dict[str, Any]) -> str:
+    """Within a group, runs with equal keys share one batched optimizer: the same family,
+    the same structural options, and parameter groups that differ only in per-member
+    options."""
     per_member = set(VARYING[family])
     structural = {k: options.get(k) for k in STRUCTURAL[family]}
-    groups = [{k: v for k, v in g.items() if k not in per_member} for g in optimizer.get("groups", [])]
-    shape = [data.n_train, data.n_val]
-    return json.dumps([dumped, family, structural, optimizer.get("no_decay"), groups, shape], sort_keys=True, default=str)
+    groups = [{k: v for k, v in g.items() if k not in per_member} for g in config.optimizer.groups]
+    return json.dumps([family, structural, groups], sort_keys=True, default=str)
 
 
 # --- resolution ----------------------------------------------------------------------
@@ -188,7 +223,7 @@ def _seeded(cfg) -> bool:
 
 def _shape(cfg: ExperimentConfig, data: Dataset) -> DataShape:
     return DataShape(len(data.x_train), 0 if data.x_val is None else len(data.x_val), data.n_features,
-                     data.n_outputs, data.task, _seeded(cfg))
+                     data.n_outputs, data.task, _seeded(cfg), data.sample_shape)
 
 
 def mode_free(model: nn.Module) -> bool:
@@ -208,6 +243,7 @@ class Resolver:
     def __init__(self, base_dir: Path | None = None) -> None:
         self.base_dir = base_dir
         self._configs: dict[str, tuple[dict[str, Any], DataShape]] = {}  # no data kept: only its shape
+        self._stackings: dict[str, Stacking] = {}  # by model and data config: a trial pass costs 0.3–0.5 s
         self._dry_steps: set[str] = set()
 
     def __call__(self, spec: RunSpec) -> ResolvedRun:
@@ -221,16 +257,18 @@ class Resolver:
         common, shape = self._configs[key]
         if _seed_shapes_data(cfg):
             shape = _shape(cfg, build_data(cfg.data, spec.seed, self.base_dir))
-        family = common["family"]
-        gkey = group_key(cfg, family, common["options"], shape) if common["why_not"] is None else None
-        return ResolvedRun(spec=spec, data=shape, group_key=gkey, **common)
+        gkey = bkey = None
+        if common["why_not"] is None:
+            gkey = group_key(cfg, common["param_groups"], shape)
+            bkey = block_key(cfg, common["family"], common["options"])
+        return ResolvedRun(spec=spec, data=shape, group_key=gkey, block_key=bkey, **common)
 
     def _resolve_config(self, spec: RunSpec) -> tuple[dict[str, Any], DataShape]:
         cfg = spec.config
         resolve_device(cfg.device)
         data = build_data(cfg.data, spec.seed, self.base_dir)
         loss = loss_name(cfg, data.task)
-        model = build_model(cfg.model, data.n_features, data.n_outputs)
+        model = build_model(cfg.model, data.n_features, data.n_outputs, data.sample_shape)
         opt = cfg.optimizer
         cls = optimizer_class(opt.name)
         try:
@@ -243,7 +281,11 @@ class Resolver:
         length = schedule_length(cfg, len(data.x_train))
         imported = is_import_path(opt.name)
         own = [{k: v for k, v in g.items() if k not in ("params", "names")} for g in groups]
-        reason = why_not(cfg, model, options)
+        key = json.dumps(cfg.model_dump(mode="json", include={"model", "data"}), sort_keys=True, default=str)
+        if key not in self._stackings:
+            self._stackings[key] = stacking(cfg, model, data.x_train)
+        stacked = self._stackings[key]
+        reason = why_not(cfg, stacked, options)
         common = dict(
             optimizer_class=cls,
             kwargs=opt.kwargs(),
@@ -258,7 +300,9 @@ class Resolver:
             full_batch=batch_size_of(cfg.data, len(data.x_train)) >= len(data.x_train),
             mode_free=mode_free(model),
             n_params=sum(p.numel() for p in model.parameters()),
-            linear_widths=sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear)),
+            activations=stacked.activations,
+            stacking=stacked.path if reason is None else None,
+            unreached=stacked.unreached,
             why_not=reason,
         )
         dry = json.dumps([cfg.model_dump(mode="json", include={"model", "data", "optimizer", "scheduler", "train"})],

@@ -99,10 +99,13 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     # The defaults are the reference LayerNorm MLP of the weight-decay experiment.
-    kind: str = "mlp"  # mlp | linear | "package.module:factory"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [20, 20, 20, 20])
-    norm: Literal["none", "layernorm", "batchnorm"] = "layernorm"
-    activation: str = "none"
+    kind: str = "mlp"  # mlp | linear | cnn | "package.module:factory"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [20, 20, 20, 20])  # mlp
+    norm: Literal["none", "layernorm", "batchnorm"] = "layernorm"  # mlp
+    activation: str = "none"  # mlp: after each hidden layer; cnn: after each convolution
+    # cnn: the output channels of its 3×3 convolutions, each followed by the activation and
+    # a 2×2 max-pool; images come from `data.shape` ([channels, height, width])
+    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16, 32], min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to an imported factory
 
     @field_validator("activation")
@@ -127,6 +130,9 @@ class DataConfig(_Strict):
     columns: list[str] | None = None  # csv feature columns (default: every column but the target)
     task: Literal["auto", "regression", "classification"] = "auto"  # auto: inferred from the target
     standardize: bool = False  # features to mean 0, std 1, fitted on the training split only
+    # each sample's features reshaped (row-major) to this shape, e.g. [1, 8, 8] for digits as
+    # one-channel 8×8 images; none: as the data set gives them
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to an imported factory
 
     @field_validator("batch_size", mode="before")

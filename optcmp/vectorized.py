@@ -18,11 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from optcmp.batched_model import StackedModel, member_losses
 from optcmp.batched_optim import BatchedOptimizer, Segment
 from optcmp.data import Dataset, build_data
+from optcmp.functional import FunctionalStack, member_generator
 from optcmp.loop import Column, execute_members
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
@@ -31,6 +33,8 @@ from optcmp.trainer import build_run_model, histogram_tensors
 from optcmp.units import Progress, ShouldStop, Unit
 
 CHECK_EVERY = 256  # steps between divergence checks at the latest (each is a device→host sync)
+EVAL_VALUES = 1 << 22  # values one piece of an evaluation pass may allocate (torch.func stacks, CPU)
+EVAL_MIN_ROWS = 16  # samples per piece at least
 
 
 class StackedData:
@@ -91,18 +95,30 @@ class Stack:
     def __init__(self, runs: list[ResolvedRun], base_dir: Path | None, device: torch.device) -> None:
         first, cfg = runs[0], runs[0].config
         self.runs, self.device, self.size = runs, device, len(runs)
-        datas = [build_data(cfg.data, r.spec.seed, base_dir) for r in runs]
+        by_seed: dict[int, Dataset] = {}  # the members share their data config: one build a seed
+        for r in runs:
+            if r.spec.seed not in by_seed:
+                by_seed[r.spec.seed] = build_data(cfg.data, r.spec.seed, base_dir)
+        datas = [by_seed[r.spec.seed] for r in runs]
         self.task, self.loss_fn = first.data.task, LOSSES[first.loss]
-        models = [build_run_model(run, datas[0].n_features, datas[0].n_outputs) for run in runs]
+        models, generators = [], []
+        for run in runs:
+            models.append(build_run_model(run, datas[0]))
+            # what its Dropout draws from in the sequential engine: the state right after the build
+            generators.append(member_generator(device))
         template = models[0]
         shapes = dict((n, p.shape) for n, p in template.named_parameters())
         # The flat buffer holds the optimizer groups one after another, so that each group
-        # is a column range with its own hyperparameters.
-        self.layout = layout = [name for g in first.param_groups for name in g.names]
+        # is a column range with its own hyperparameters; then the parameters no step gives a
+        # gradient (not reached from the output, or frozen), which torch.optim leaves as they
+        # are (no decay, no momentum): outside every group, the batched update skips them too.
+        groups = [[n for n in g.names if n not in first.unreached] for g in first.param_groups]
+        self.layout = layout = [name for g in groups for name in g]
         offsets, at = {}, 0
-        for name in layout:
+        for name in [*layout, *(n for n in shapes if n not in layout)]:
             offsets[name] = at
             at += shapes[name].numel()
+        trained = sum(shapes[n].numel() for n in layout)
         M = len(runs)
         dtype = next(template.parameters()).dtype  # the default dtype, as in the sequential engine
         self.data = StackedData(datas, device, dtype)
@@ -112,22 +128,37 @@ class Stack:
                 flat[m, offsets[name]:offsets[name] + p.numel()] = p.detach().reshape(-1)
         self.flat = flat.to(device)
         self.names = list(shapes)  # model order, as the sequential engine logs and saves them
-        self.grads = torch.empty_like(self.flat)  # each step's gradients, laid out like the weights
-        views = lambda buf: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n]) for n in shapes}  # noqa: E731
-        self.views = views(self.flat)
-        grad_views = views(self.grads)
-        # BatchNorm's running statistics, each member's own, outside the optimizer's buffer
+        self.grads = self.flat.new_empty(M, trained)  # each step's gradients, laid out like the weights
+        views = lambda buf, names: {n: buf[:, offsets[n]:offsets[n] + shapes[n].numel()].view(M, *shapes[n])  # noqa: E731
+                                    for n in names}
+        self.views = views(self.flat, shapes)
+        grad_views = views(self.grads, layout)
+        # BatchNorm's running statistics (and batch counts), each member's own, outside the
+        # optimizer's buffer; the hand-written model keeps no counts
+        handwritten = first.stacking == "hand-written"
         buffers = {name: torch.stack([dict(model.named_buffers())[name] for model in models]).to(device)
-                   for name, b in template.named_buffers() if b.dim() > 0}
-        self.model = StackedModel(template, self.views, buffers)
+                   for name, b in template.named_buffers() if b.dim() > 0 or not handwritten}
+        if handwritten:
+            self.model = StackedModel(template, self.views, buffers)
+        else:
+            self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
+                                         input_dims=datas[0].x_train.dim())
+        self.input_dims = datas[0].x_train.dim()
+        # Evaluating a torch.func stack on a whole split at once makes tensors of M × samples
+        # × channels: on the CPU a pass over them in pieces of EVAL_VALUES is measurably faster.
+        self.eval_rows = None
+        if not handwritten and device.type == "cpu":
+            self.eval_rows = max(EVAL_MIN_ROWS, EVAL_VALUES // (M * max(first.activations, 1)))
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training; the
         # tags are the template's, as the sequential engine makes them from its model
         tags = ParameterTags(template, self.names)
         self._named = [[(n, self.views[n][m]) for n in self.names] for m in range(M)]
         self._histogram_tensors = [histogram_tensors(tags, [self.views[n][m] for n in self.names],
-                                                     [grad_views[n][m] for n in self.names], cfg) for m in range(M)]
-        self.opt, self.scheduled = _optimizer(runs, self.flat, [shapes[n].numel() for n in layout])
+                                                     [grad_views[n][m] if n in grad_views else None for n in self.names],
+                                                     cfg) for m in range(M)]
+        self.opt = Optimizers(runs, self.flat, [sum(shapes[n].numel() for n in g) for g in groups])
+        self.scheduled = self.opt.scheduled
         self.lrs = torch.tensor(self.opt.lrs(), dtype=torch.float64, device=device)  # [M, groups]
         # `weight_norm` and `weight_norm/<layer>` of every member in one matmul: a [P, 1 + layers]
         # 0/1 matrix sums the squared weights of everything, then of each layer
@@ -161,7 +192,11 @@ class Stack:
         """Each member's loss `[M]` (and accuracy) on its own train or validation set."""
         x, y = self.data.full(split)
         with torch.no_grad():
-            out, _ = self.model.forward(x)
+            if self.eval_rows is None or x.shape[-self.input_dims] <= self.eval_rows:
+                out, _ = self.model.forward(x)
+            else:  # a few samples at a time: what the stacked layers hold stays in the cache
+                shared = x.dim() == self.input_dims
+                out = torch.cat([self.model.forward(part)[0] for part in x.split(self.eval_rows, 0 if shared else 1)], 1)
             losses, _ = member_losses(self.loss_fn, out, y, self.task)
         acc = (out.argmax(-1) == y).double().mean(1) if self.task == "classification" else None
         return losses, acc
@@ -187,14 +222,41 @@ class Stack:
         return self._named[m]
 
 
-def _optimizer(runs: list[ResolvedRun], flat: torch.Tensor, widths: list[int]) -> tuple[BatchedOptimizer, bool]:
-    """The batched optimizer of the members' flat buffer: one segment per parameter group
-    (in the flat buffer's layout), each member with its own resolved options and decay;
-    and whether any member has a schedule."""
-    group_widths, at = [], 0
-    for g in runs[0].param_groups:
-        group_widths.append(sum(widths[at:at + len(g.names)]))
-        at += len(g.names)
+class Optimizers:
+    """The batched optimizers of a stack: one per block of consecutive members with equal
+    `block_key` (the planner puts them next to each other), each updating its rows of the
+    flat buffer in place."""
+
+    def __init__(self, runs: list[ResolvedRun], flat: torch.Tensor, group_widths: list[int]) -> None:
+        self.blocks: list[tuple[slice, BatchedOptimizer]] = []
+        self.scheduled = False
+        start = 0
+        for end in range(1, len(runs) + 1):
+            if end == len(runs) or runs[end].block_key != runs[start].block_key:
+                rows = slice(start, end)
+                params = flat if end - start == len(runs) else flat[rows]
+                opt, scheduled = _optimizer(runs[rows], params, group_widths)
+                self.blocks.append((rows, opt))
+                self.scheduled |= scheduled
+                start = end
+
+    def step(self, grads: torch.Tensor) -> None:
+        if len(self.blocks) == 1:
+            self.blocks[0][1].step(grads)
+            return
+        for rows, opt in self.blocks:
+            opt.step(grads[rows])
+
+    def lrs(self) -> np.ndarray:
+        """Each member's learning rate of each parameter group at the latest step, `[M, groups]`."""
+        return np.concatenate([opt.lrs() for _, opt in self.blocks])
+
+
+def _optimizer(runs: list[ResolvedRun], flat: torch.Tensor, group_widths: list[int]) -> tuple[BatchedOptimizer, bool]:
+    """The batched optimizer of one block's rows of the flat buffer: one segment per
+    parameter group (the first columns, `group_widths` wide, one group after another),
+    each member with its own resolved options and decay; and whether any member has a
+    schedule."""
     segments, col = [], 0
     for i, width in enumerate(group_widths):
         per_member = [{**r.options, **r.param_groups[i].options} for r in runs]

@@ -59,7 +59,7 @@ def test_set_of_a_swept_key_fixes_it(write_config):
 def test_unknown_key_names_file_line_and_suggestion(write_config):
     path = write_config("name: x\nmodel:\n  kind: mlp\n  hiden: [4]\n")
     assert error_of(path) == (
-        f"{path}:4: model.hiden: unknown key (did you mean `hidden`?); allowed: kind, hidden, norm, activation, kwargs"
+        f"{path}:4: model.hiden: unknown key (did you mean `hidden`?); allowed: kind, hidden, norm, activation, channels, kwargs"
     )
 
 
@@ -136,7 +136,7 @@ def test_bad_sweep_value_names_sweep_key(write_config):
 def test_unknown_sweep_key(write_config):
     path = write_config("sweep:\n  model.widht: [1, 2]\n")
     assert error_of(path) == (
-        f"{path}:2: sweep.model.widht: unknown key; allowed: kind, hidden, norm, activation, kwargs"
+        f"{path}:2: sweep.model.widht: unknown key; allowed: kind, hidden, norm, activation, channels, kwargs"
     )
 
 

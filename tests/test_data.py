@@ -40,6 +40,27 @@ def test_every_listed_sklearn_name_is_tested():
     assert set(SKLEARN) == {"breast_cancer", "digits", "wine", "iris", "diabetes", "linnerud"}
 
 
+def test_shape_makes_images_of_the_samples():
+    from sklearn.datasets import load_digits
+
+    data = build_data(DataConfig(kind="sklearn", name="digits", shape=[1, 8, 8], val_fraction=0.2), seed=1)
+    flat = build_data(DataConfig(kind="sklearn", name="digits", val_fraction=0.2), seed=1)
+    assert tuple(data.x_train.shape[1:]) == data.sample_shape == (1, 8, 8) and data.n_features == 1
+    assert torch.equal(data.x_train, flat.x_train.reshape(-1, 1, 8, 8))
+    assert torch.equal(data.x_val, flat.x_val.reshape(-1, 1, 8, 8))
+    images = load_digits().images  # [1797, 8, 8]: the same pixels, row by row
+    first = int(torch.nonzero((torch.as_tensor(images, dtype=torch.float32) == data.x_train[0, 0]).all(2).all(1))[0])
+    assert np.array_equal(images[first], data.x_train[0, 0].numpy())
+
+
+def test_a_shape_of_other_size_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        build_data(DataConfig(kind="random_classification", samples=10, features=6, shape=[2, 2]), seed=0)
+    assert (caught.value.key, caught.value.message) == (
+        "data.shape", "[2, 2] holds 4 values, but each sample of `random_classification` has 6; allowed: a shape of "
+        "6 values, e.g. [6]")
+
+
 def test_standardize_is_fitted_on_the_training_split_only():
     raw = build_data(DataConfig(kind="sklearn", name="wine", val_fraction=0.25), seed=3)
     scaled = build_data(DataConfig(kind="sklearn", name="wine", val_fraction=0.25, standardize=True), seed=3)

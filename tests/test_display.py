@@ -160,7 +160,8 @@ def shipped(tmp_path_factory) -> list[optcmp.Experiment]:
 
 
 def test_every_shipped_summary_fits_80_columns_with_every_id_whole(shipped):
-    assert [e.name for e in shipped] == ["adam-vs-adamw", "linear-classifier", "lr-schedule", "real-data", "weight-decay"]
+    assert [e.name for e in shipped] == ["adam-vs-adamw", "digits-cnn", "linear-classifier", "lr-schedule", "real-data",
+                                      "weight-decay"]
     for experiment in shipped:
         shown = experiment.table(width=80)
         assert max(map(len, shown.splitlines())) <= 80, shown

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from optcmp.config import load_config
+from optcmp.data import build_data
 from optcmp.engines import run_unit
 from optcmp.metrics import Trajectory
 from optcmp.resolve import resolve_runs
@@ -155,7 +156,8 @@ def probe_of(spec: RunSpec) -> RunSpec:
 def test_the_ulp_probe_starts_one_ulp_up_in_both_engines(write_config, tmp_path):
     (spec,) = expand(load_config(write_config(REGRESSION.format(seed=1, steps=40, wd=0.1))).config)
     plain, probe = resolve_runs([spec, probe_of(spec)])
-    a, b = build_run_model(plain, 2, 1), build_run_model(probe, 2, 1)
+    data = build_data(spec.config.data, spec.seed)  # the model is built for its data (2 features, 1 output)
+    a, b = build_run_model(plain, data), build_run_model(probe, data)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(q, torch.nextafter(p, torch.tensor(math.inf))), name
         assert (q > p).all()

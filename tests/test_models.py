@@ -32,6 +32,48 @@ def test_mlp_options_and_linear():
     assert isinstance(linear, nn.Linear) and (linear.in_features, linear.out_features) == (10, 2)
 
 
+def test_cnn_is_convolution_blocks_then_a_linear_head_layer_for_layer():
+    torch.manual_seed(0)
+    got = build_model(ModelConfig(kind="cnn", channels=[4, 6], activation="relu"), 1, 10, (1, 8, 8))
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 10))
+    assert str(got) == str(reference)
+    for (n1, p1), (n2, p2) in zip(got.named_parameters(), reference.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(got(x), reference(x))
+    plain = build_model(ModelConfig(kind="cnn", channels=[3]), 2, 4, (2, 5, 7))  # activation none: conv, pool
+    assert [type(m) for m in plain] == [nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Linear]
+    assert plain[-1].in_features == 3 * 2 * 3
+
+
+def test_cnn_with_more_blocks_than_the_image_halves():
+    with pytest.raises(ConfigError) as caught:
+        build_model(ModelConfig(kind="cnn", channels=[4, 4, 4, 4]), 1, 10, (1, 8, 8))
+    assert (caught.value.key, caught.value.message) == (
+        "model.channels", "4 blocks of a convolution and a 2×2 max-pool halve 8×8 images below 1×1; allowed: at most 3 widths")
+
+
+def test_factory_gets_the_sample_shape_when_it_takes_it():
+    model = build_model(ModelConfig(kind="tests.userlib:DigitsCNN"), 64, 10, (64,))
+    assert model.net[-1].out_features == 10
+    seen = {}
+
+    def factory(in_features, out_features, in_shape):
+        seen.update(in_features=in_features, out_features=out_features, in_shape=in_shape)
+        return nn.Linear(1, 1)
+
+    import tests.userlib as userlib
+
+    userlib.shape_factory = factory
+    try:
+        build_model(ModelConfig(kind="tests.userlib:shape_factory"), 1, 10, (1, 8, 8))
+    finally:
+        del userlib.shape_factory
+    assert seen == {"in_features": 1, "out_features": 10, "in_shape": (1, 8, 8)}
+
+
 def test_factory_gets_the_data_shape_and_its_kwargs():
     model = build_model(ModelConfig(kind="tests.userlib:make_model", kwargs={"width": 5}), 3, 2)
     assert isinstance(model, TwoLayer)
@@ -48,11 +90,11 @@ def test_module_class_and_factory_without_shape_arguments():
     (dict(kind="nosuch.module:f"),
      "cannot import module `nosuch` (from `nosuch.module:f`): not installed and not on the Python path"),
     (dict(kind="tests.userlib:make_modle"), "module `tests.userlib` has no `make_modle` (did you mean `make_model`?)"),
-    (dict(kind="tests.userlib"), "unknown model `tests.userlib`; allowed: mlp, linear or package.module:factory "
+    (dict(kind="tests.userlib"), "unknown model `tests.userlib`; allowed: mlp, linear, cnn or package.module:factory "
                                  "(an import path names the object after a colon: `tests.userlib:Name`)"),
     (dict(kind="tests.userlib:not_a_model"), "`tests.userlib:not_a_model` returned int, expected a torch.nn.Module"),
     (dict(kind="tests.userlib:broken_model"), "`tests.userlib:broken_model` raised RuntimeError: out of coffee"),
-    (dict(kind="mpl"), "unknown model `mpl` (did you mean `mlp`?); allowed: mlp, linear or package.module:factory"),
+    (dict(kind="mpl"), "unknown model `mpl` (did you mean `mlp`?); allowed: mlp, linear, cnn or package.module:factory"),
 ])
 def test_model_kind_mistakes(cfg, message):
     with pytest.raises(ConfigError) as e:

@@ -28,7 +28,7 @@ ADAM_KEYWORDS = "amsgrad, betas, capturable, decoupled_weight_decay, differentia
     ("tune: {space: {optimizer.lr: [0.1]}, budget: 0}", "5: tune.budget: expected an integer ≥ 1 or null, got 0"),
     ("tune: {space: {model.widht: [1, 2]}, budget: 2}",
      "5: tune.space.model.widht: addresses no config value; allowed: model.kind, model.hidden, model.norm, "
-     "model.activation, model.kwargs"),
+     "model.activation, model.channels, model.kwargs"),
     ("optimizers: {adam: {name: adam}, sgd: {name: sgd, lr: 0.1}}\n"
      "tune: {space: {optimizer.momentum: {uniform: [0.5, 0.9]}}, budget: 2}",
      f"6: tune.space.optimizer.momentum: `Adam` (variant adam) takes no argument `momentum`; allowed: {ADAM_KEYWORDS}"),

@@ -105,7 +105,7 @@ def test_final_seeds_as_a_list_and_as_a_count(write_config):
      "1: tune.budget: give the trials per variant, an integer ≥ 1 (only sampler: grid may leave it out, for the whole grid)"),
     ("space: {model.widht: [1, 2]}\n  budget: 2",
      "2: tune.space.model.widht: addresses no config value; allowed: model.kind, model.hidden, model.norm, "
-     "model.activation, model.kwargs"),
+     "model.activation, model.channels, model.kwargs"),
     ("space: {optimizer.grups: [1, 2]}\n  budget: 2", None),  # an optimizer keyword: checked against the class later
     ("space: {log.every: [1, 2]}\n  budget: 2",
      "2: tune.space.log.every: a search space tunes keys of model, data, train, optimizer, scheduler; `log` is not one of them"),

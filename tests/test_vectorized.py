@@ -66,7 +66,8 @@ def execute_group(specs: list[RunSpec], exp_dir, progress=None, max_members: int
         results += run_unit(unit, exp_dir, progress=progress)
         if any(r["status"] == "interrupted" for r in results):
             break
-    return results
+    order = {s.run_id: i for i, s in enumerate(specs)}  # plan order, as the runner keeps it
+    return sorted(results, key=lambda r: order[r["run_id"]])
 
 
 def specs_of(base: dict, members: list[dict]) -> list[RunSpec]:
@@ -395,10 +396,11 @@ log: {every: 5, histograms: {every: 10}}
     assert [len(u) for u in group_specs(specs)] == [4]
     vec, _ = compare_engines(specs, tmp_path)
     assert {r["engine"] for r in vec} == {"vectorized"}
+    assert {r.stacking for r in resolve_runs(specs)} == {"hand-written"}
+    # a model of the user's own layers stacks through torch.func (tests/test_vectorized_functional.py)
     other = expand(load_config(write_config(text.replace("sequential_model", "make_model"), "other.yaml")).config)
-    assert [len(u) for u in group_specs(other)] == [1, 1, 1, 1]
-    assert why_not(other[0]) == ("model `tests.userlib:make_model`: layer 0 (TwoLayer) has no stacked implementation "
-                                 "(stacked: Linear, LayerNorm, BatchNorm1d, activations)")
+    assert [len(u) for u in group_specs(other)] == [4]
+    assert {r.stacking for r in resolve_runs(other)} == {"torch.func"}
 
 
 def test_schedules_by_epoch(write_config, tmp_path):
@@ -590,7 +592,8 @@ sweep: {optimizer.name: [adam, adamw], optimizer.weight_decay: [0.0, 0.1]}
     assert [s.run_id for u in pieces for s in u] == [s.run_id for s in specs]  # plan order kept
 
 
-def test_structural_options_split_groups(write_config):
+def test_structural_options_share_a_group_with_their_own_batched_optimizers(write_config):
+    # (they split groups before one stack could hold several batched optimizers)
     text = """\
 name: ams
 device: cpu
@@ -600,7 +603,31 @@ optimizer: {name: adam}
 sweep: {optimizer.amsgrad: [false, true], optimizer.lr: [0.1, 0.01]}
 """
     units = group_specs(expand(load_config(write_config(text)).config))
-    assert [len(u) for u in units] == [2, 2]
+    assert [len(u) for u in units] == [4]
+    assert describe_units(units)[0].endswith("(hand-written stacked MLP, 2 batched optimizers)")
+
+
+def test_optimizer_families_train_in_one_stack_like_sequential(write_config, tmp_path):
+    """SGD, Adam and Lion members share the forward and backward pass; each family's
+    members sit next to each other (the plan reorders them) under their own optimizer."""
+    text = """\
+name: families
+seeds: 2
+device: cpu
+model: {kind: mlp, hidden: [8], norm: layernorm, activation: tanh}
+data: {kind: random_classification, samples: 64, batch_size: 16}
+train: {steps: 30}
+optimizer: {name: sgd, lr: 0.01}
+sweep: {optimizer.lr: [0.01, 0.003], optimizer.name: [sgd, adam, "pytorch_optimizer:Lion"]}
+log: {every: 5, histograms: {every: 10}}
+summary: {chaos: off}
+"""
+    specs = expand(load_config(write_config(text)).config)
+    units = group_specs(specs)
+    assert [len(u) for u in units] == [12]
+    families = [run.family for run in units[0].runs]
+    assert families == ["sgd"] * 4 + ["adam"] * 4 + ["lion"] * 4
+    compare_engines(specs, tmp_path)
 
 
 @pytest.mark.parametrize("extra,reason", [

@@ -193,3 +193,32 @@ class SignGate(nn.Module):
 def gated_model(in_features: int, out_features: int) -> nn.Module:
     """A model vmap cannot take: its `gate` layer branches on a tensor's value."""
     return nn.Sequential(nn.Linear(in_features, 8), SignGate(), nn.Linear(8, out_features))
+
+
+def token_data(seed: int, samples: int = 48, length: int = 6, vocab: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences (as integer-valued floats: optcmp gives models float inputs)
+    labelled by their first token's residue mod 3."""
+    x = torch.randint(0, vocab, (samples, length), generator=torch.Generator().manual_seed(seed))
+    return x.float(), x[:, 0] % 3
+
+
+class TokenTransformer(TinyTransformer):
+    """TinyTransformer on float-coded tokens, as optcmp's data gives them."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens.long())
+
+
+class Unreached(nn.Module):
+    """A model with a layer its output never uses (`spare`: no gradient, so torch.optim
+    leaves it as it is) and a frozen bias."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Unflatten(1, (1, in_features)), nn.Conv1d(1, 2, 3, padding=1), nn.Flatten())
+        self.spare = nn.Linear(in_features, 4)
+        self.head = nn.Linear(2 * in_features, out_features)
+        self.head.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
