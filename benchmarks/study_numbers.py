@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STUDIES = ("weight_decay.yaml", "reference.yaml", "workloads.yaml")  # in configs/studies/
+STUDIES = ("weight_decay.yaml", "reference.yaml", "workloads.yaml", "digits_cnn.yaml")  # in configs/studies/
 BEGIN, END = "<!-- readme_numbers:study -->", "<!-- /readme_numbers -->"
 
 

@@ -18,7 +18,8 @@ STUDIES = Path(__file__).resolve().parent.parent / "configs" / "studies"
 # file: (variants, workloads, budget, final seeds, runs at most)
 SIZES = {"reference.yaml": (3, 1, 16, 10, 3 * (16 + 10)),
          "weight_decay.yaml": (3, 1, 16, 10, 3 * (16 + 10)),
-         "workloads.yaml": (4, 4, 8, 5, 16 * (8 + 5))}
+         "workloads.yaml": (4, 4, 8, 5, 16 * (8 + 5)),
+         "digits_cnn.yaml": (4, 1, 8, 10, 4 * (8 + 10))}
 
 
 def test_the_shipped_study_configs_are_the_stated_studies():
