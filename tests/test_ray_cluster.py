@@ -162,7 +162,10 @@ def test_a_sweep_survives_a_worker_node_killed_mid_sweep(tmp_path):
             assert driver.poll() is None, driver.stdout.read()
             assert time.monotonic() < deadline, "no run finished with another running on node b"
             writes.poll()
-            if writes.seen:
+            # a task attempt's folder on node b, not only a busy worker process: a worker is
+            # busy before its attempt's folder exists and after it is gone (CI once killed the
+            # node between two runs, and no run was in flight to retry)
+            if writes.seen and attempts(node_b):
                 victim = cluster.busy_worker(node_b)
             time.sleep(0.02)
         before = {run_id: (exp / run_id / "result.json").read_bytes() for run_id in writes.seen}
