@@ -252,8 +252,9 @@ def _finish(exp_dir: Path, outcome, planned: int, primary: Optional[str], stoppe
     from optcmp.summary import aggregate, read_run_table
 
     results = outcome.results
-    if results:
-        table = aggregate(read_run_table(exp_dir), primary)
+    if results:  # the table the sweep wrote last (summary.csv), else built again from runs.csv
+        table = outcome.summary if outcome.summary is not None else \
+            aggregate(read_run_table(exp_dir), primary)
         _print_summary(table, title(exp_dir.name, table))
     from optcmp.results import Status
 

@@ -37,6 +37,7 @@ class SweepOutcome:
     interrupted: bool = False
     todo: int = 0  # runs this attempt set out to do
     seconds: float = 0.0  # wall time of this attempt
+    summary: Any = None  # the summary table written last (summary.Summary), for the CLI to print
 
 
 def experiment_dir(out_root: Path, name: str) -> Path:
@@ -163,7 +164,7 @@ def _execute(loaded: LoadedConfig, specs: list[RunSpec], exp_dir: Path, events: 
     def save(summary: bool) -> None:
         write_runs_csv(exp_dir, sorted(results.values(), key=lambda r: order[r["run_id"]]))
         if summary:
-            write_summary(exp_dir, loaded.config.summary.primary)
+            outcome.summary = write_summary(exp_dir, loaded.config.summary.primary)
 
     units = all_units if all_units is not None and not kept else \
         plan_units([by_id[s.run_id] for s in todo], execution.engine, jobs)
