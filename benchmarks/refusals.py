@@ -18,20 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_bad_input import BASE  # noqa: E402  the test suite's base config
-
-
-def hostile(case: str) -> str:
-    if case == "alias bomb":
-        levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
-        for i in range(1, 9):
-            levels.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
-        return "\n".join(levels) + "\n"
-    if case == "10^7 runs":
-        text = BASE.replace("seeds: [0]", "seeds: 10") + "sweep:\n" + "".join(
-            f"  optimizer.{k}: [{', '.join(str(v) for v in range(1, 11))}]\n" for k in ("lr", "weight_decay", "momentum"))
-        return text + "  train.steps: [" + ", ".join(str(v) for v in range(1, 1001)) + "]\n"
-    return BASE + "junk: '" + "x" * (32 << 20) + "'\n"
+from tests.test_bad_input import HOSTILE, hostile_text  # noqa: E402  the test suite's hostile configs
 
 
 def main() -> None:
@@ -40,9 +27,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}; goal: refused in under 2 s (whole process)")
     with tempfile.TemporaryDirectory() as tmp:
-        for case in ("alias bomb", "10^7 runs", "32 MB"):
+        for case in HOSTILE:
             path = Path(tmp) / "hostile.yaml"
-            path.write_text(hostile(case))
+            path.write_text(hostile_text(case))
             times = []
             for _ in range(args.reps):
                 start = time.perf_counter()

@@ -91,20 +91,27 @@ def test_an_empty_config_is_an_error(write_config, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["alias bomb", "10^7 runs", "32 MB"])
-def test_hostile_sizes_are_refused_without_hanging(write_config, tmp_path, case):
+def hostile_text(case: str) -> str:
+    """A config of hostile size: a YAML alias bomb (9 levels × 9 aliases), a sweep of 10^7 runs,
+    or a 32 MB file (benchmarks/refusals.py times the same ones)."""
     if case == "alias bomb":
         levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
         for i in range(1, 9):
             levels.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
-        text = "\n".join(levels) + "\n"
-    elif case == "10^7 runs":
+        return "\n".join(levels) + "\n"
+    if case == "10^7 runs":
         text = BASE.replace("seeds: [0]", "seeds: 10") + "sweep:\n" + "".join(
-            f"  optimizer.{k}: [{', '.join(str(v) for v in range(1, 11))}]\n" for k in ("lr", "weight_decay", "eps"))
-        text += "  train.steps: [" + ", ".join(str(v) for v in range(1, 1001)) + "]\n"
-        text = text.replace("optimizer.eps", "optimizer.momentum")
-    else:
-        text = BASE + "junk: '" + "x" * (32 << 20) + "'\n"
+            f"  optimizer.{k}: [{', '.join(str(v) for v in range(1, 11))}]\n" for k in ("lr", "weight_decay", "momentum"))
+        return text + "  train.steps: [" + ", ".join(str(v) for v in range(1, 1001)) + "]\n"
+    return BASE + "junk: '" + "x" * (32 << 20) + "'\n"
+
+
+HOSTILE = ["alias bomb", "10^7 runs", "32 MB"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_sizes_are_refused_without_hanging(write_config, tmp_path, case):
+    text = hostile_text(case)
     path = write_config(text)
     start = time.perf_counter()
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
