@@ -29,6 +29,7 @@ from optcmp.progress_board import Board
 from optcmp.engines import run_unit
 from optcmp.errors import OptcmpError
 from optcmp.results import NoSpace, Status
+from optcmp.stats import warm_up
 from optcmp.units import Events, Execution, Unit, stand_in
 
 STOP_GRACE_S = 15.0  # how long a stopped worker may take to close its run's logs
@@ -67,6 +68,7 @@ class InProcessExecutor:
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        warm_up()  # the summary's import, beside the first unit
         for unit in units:
             if stopping.requested():
                 return
@@ -192,6 +194,7 @@ class ProcessExecutor:
         )
         self._futures = {self._pool.submit(_work, unit, self.exp_dir, self.base_dir, i): unit
                          for i, unit in enumerate(units)}
+        warm_up()  # the summary's import, while the workers train (they are forked by now)
         pending = set(self._futures)
         while pending and not stopping.requested():
             done, pending = wait(pending, timeout=stopping.POLL_S, return_when=FIRST_COMPLETED)

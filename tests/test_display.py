@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import yaml
 
 import optcmp
@@ -175,3 +177,20 @@ def test_a_wrapped_list_keeps_its_commas():
 
     assert _wrap(["aaaa", "bbbb", "cccc"], 14, "x: ", sep=", ") == ["x: aaaa, bbbb,", "  cccc"]
     assert _wrap(["aaaa", "bbbb", "cccc"], 14, "x: ") == ["x: aaaa · bbbb", "  cccc"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.text(alphabet="ab ±–漢é", max_size=12), st.lists(st.text(alphabet="x1 ±漢é.", max_size=14),
+                                                                               min_size=3, max_size=3),
+                          st.sampled_from(["id", "param", "metric", "other"])), min_size=0, max_size=7))
+def test_table_width_is_rich_measure_of_the_whole_table(spec):
+    """table_width adds up remembered column widths; rich measuring the whole table must agree
+    (headers and cells of any width, wide characters, empty ones, left and right columns)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from optcmp.display import Column, rich_table, table_width
+
+    columns = [Column(header, cells, kind, f"k{i}") for i, (header, cells, kind) in enumerate(spec)]
+    console = Console(width=100_000)
+    assert table_width(columns) == Measurement.get(console, console.options, rich_table(columns)).maximum

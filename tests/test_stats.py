@@ -193,3 +193,28 @@ def test_power_survives_scipys_nan_in_the_far_tail():
     assert t_power(8.47120206678285, 2, 0.05 / 3) == pytest.approx(stats.nct.sf(crit, 2, 8.47120206678285), abs=1e-12)
     nc = noncentrality_for_power(2, 0.05 / 3)
     assert stats.nct.sf(crit, 2, nc) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_a_fork_waits_for_the_warm_up_import():
+    """`warm_up` imports scipy.special on a thread while runs train; a process forked right
+    after it (a `--jobs` worker) must not start with that import half done: the fork waits,
+    so the child has the module and can use it. A fresh interpreter, where nothing imported
+    scipy yet."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, sys
+        from optcmp.stats import warm_up, t_quantile
+        assert "scipy.special" not in sys.modules
+        warm_up()
+        pid = os.fork()
+        if pid == 0:
+            ok = "scipy.special" in sys.modules and abs(t_quantile(3, 0.975) - 3.182446305284263) < 1e-12
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "0"), out.stderr
