@@ -7,6 +7,7 @@ the hand-written loop (../shared/baselines/handwritten_sweep.py).
     python benchmarks/scaling.py                  # 8, 64, 256, 1024 members × 1000 steps
     python benchmarks/scaling.py --members 64 256 --repeats 3
     python benchmarks/scaling.py --quick          # 8 and 32 members × 100 steps: a check that it runs
+    python benchmarks/scaling.py --whole-machine  # every core each: optcmp --jobs <cores>, baselines torch's default threads
 
 The hand-written loop trains one member after another, so its time grows linearly: it is
 timed on `--hand-members` members (default 16) and scaled to each size — its training
@@ -14,7 +15,10 @@ loop's own seconds × members / 16, plus its process's start-up — and printed 
 Both baselines run with `--baseline-threads` torch threads (default 1, as each optcmp
 process: on a loaded machine torch's default thread pool makes a tiny model's step several
 times slower, which would flatter optcmp; 0: torch's default), and optcmp with `--jobs 1`
-(default; `--jobs 2` spreads the units over two processes): one core each. Peak memory is
+(default; `--jobs 2` spreads the units over two processes): one core each. `--whole-machine` gives each side the
+whole machine instead, as a user runs them: optcmp `--jobs` the number of cores, the
+baselines torch's default thread pool (the hand-written loop's tiny ops stay on about one
+core; the ensemble's batched matmuls can use several). Peak memory is
 the largest resident set of the process (with `--jobs`, of its largest worker). Other work
 on the machine makes every figure noisy: the load average is printed before and after;
 each time is the median of `--repeats` runs.
@@ -84,7 +88,11 @@ def main() -> None:
                     help="torch threads of the hand-written loop and the torch.func ensemble (0: torch's default)")
     ap.add_argument("--baselines", help="the folder of handwritten_sweep.py (default: ../shared/baselines)")
     ap.add_argument("--quick", action="store_true", help="8 and 32 members × 100 steps")
+    ap.add_argument("--whole-machine", action="store_true",
+                    help="--jobs the number of cores and --baseline-threads 0 (torch's default)")
     args = ap.parse_args()
+    if args.whole_machine:
+        args.jobs, args.baseline_threads = len(os.sched_getaffinity(0)), 0
     if args.quick:
         args.members, args.steps, args.hand_members = [8, 32], 100, 4
     baselines = baselines_dir(args.baselines)
