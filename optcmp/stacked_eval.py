@@ -1,0 +1,202 @@
+"""Evaluation passes of a stack of plain CNNs, without vmap: `PlainEval`.
+
+An evaluation pass (the loop's full-set loss of both splits, every `log.every` steps) runs
+the whole split through every member. Under `vmap(functional_call)` it costs the stack
+about what it costs the runs one by one (digits CNN, 24 members, 1,437 samples: 77–88 ms
+a pass at its best piece size against 100 ms for the 24 sequential runs): vmap's
+per-call overhead, one grouped convolution of all members, and fresh activations in the
+members' interleaved layout. For an `nn.Sequential` of convolutions, max-pools, elementwise
+activations, Dropout (the identity in evaluation), Flatten and Linear layers this module
+runs the same pass on the stacked weights directly, under no_grad, which measured 24–27 ms
+for that pass:
+
+- members whose data is the same (the same seed, hence the same split) are a *group*: their
+  input is shared, so the first convolution is one matrix product of the input's im2col
+  (`unfold`, computed once a split and kept: the data never changes) with the group's
+  filters side by side, `[n·H·W, C·kh·kw] @ [C·kh·kw, K·O]`, whose result already is the
+  group's channels-last `[n, K·O, H, W]` (a grouped convolution of all members, or one
+  plain convolution per group, measured 1.4–1.8× slower);
+- a later convolution is the group's grouped convolution in channels-last layout, a
+  max-pool pools the channels-last images, an activation is applied to the whole group
+  (ReLU in place);
+- Flatten lays each member's features out as its own `[n, C·H·W]` and Linear is one
+  batched matrix product of the group.
+
+The values are the members' own passes up to float32 rounding (the products sum in another
+order than oneDNN's convolution and the sequential engine's addmm). Any other layer, or a
+model that is not such a Sequential, keeps the vmap path (`plain_layers` says None).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Layers that act on each value alone: applied to the whole group's tensor as they are
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity, *DROPOUT)
+EVAL_VALUES = 1 << 20  # values of the largest activation of one piece of samples (stays in the caches)
+COLS_VALUES = 1 << 25  # im2col values kept per split and group at most (128 MiB of float32)
+
+
+def plain_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The named layers of `model` when it is an nn.Sequential this module evaluates
+    (convolutions first, then Flatten, then Linear layers), else None."""
+    if type(model) is not nn.Sequential or len(model) == 0:
+        return None
+    flat = False
+    layers = list(model.named_children())
+    for _, layer in layers:
+        if isinstance(layer, nn.Conv2d) and type(layer) is nn.Conv2d:
+            if flat or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                return None
+        elif type(layer) is nn.MaxPool2d:
+            if flat or layer.return_indices:
+                return None
+        elif type(layer) is nn.Flatten:
+            if flat or layer.start_dim != 1 or layer.end_dim != -1:
+                return None
+            flat = True
+        elif type(layer) is nn.Linear:
+            if not flat:
+                return None
+        elif type(layer) not in ELEMENTWISE:
+            return None
+    return layers if flat and type(layers[-1][1]) is nn.Linear else None
+
+
+class PlainEval:
+    """Evaluation passes of M members of the Sequential `layers` (`plain_layers`), whose
+    parameters are `params[name]` `[M, *shape]` (views of the stack's weights, read at each
+    pass). `groups`: the member indices of each data group, in the order of the inputs
+    `evaluate` is given."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor],
+                 groups: list[list[int]]) -> None:
+        self.layers, self.params = layers, params
+        self.members = next(iter(params.values())).shape[0]
+        self.groups = [torch.tensor(g, dtype=torch.long) for g in groups]
+        self._cols: dict[tuple[str, int], torch.Tensor | None] = {}  # (split, group) → first conv's im2col
+
+    def evaluate(self, split: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Outputs `[M, n, out]`: `inputs[g]` `[n, C, H, W]` is group g's shared split."""
+        outs = None
+        with torch.no_grad():
+            for g, (members, x) in enumerate(zip(self.groups, inputs)):
+                whole = len(members) == self.members  # one group: the stack's own views
+                weights = self.params if whole else {n: p[members.to(p.device)] for n, p in self.params.items()}
+                rows = max(1, EVAL_VALUES // max(1, self._widest(x, len(members))))
+                cols = self._first_cols(split, g, x)
+                pieces, per_sample = [], 0 if cols is None else cols.shape[0] // x.shape[0]
+                for start in range(0, x.shape[0], rows):
+                    part_cols = None if cols is None else cols[start * per_sample:(start + rows) * per_sample]
+                    pieces.append(self._pass(x[start:start + rows], part_cols, weights, len(members)))
+                out = torch.cat(pieces, 1)
+                if whole:
+                    return out
+                if outs is None:
+                    outs = out.new_empty(self.members, *out.shape[1:])
+                outs[members.to(out.device)] = out
+        return outs
+
+    def _widest(self, x: torch.Tensor, k: int) -> int:
+        """Values per sample of the group's widest activation (the first conv's output, mostly)."""
+        h, w = x.shape[-2:]
+        widest = x[0].numel()
+        for _, layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                h, w = _conv_size((h, w), layer)
+                widest = max(widest, k * layer.out_channels * h * w)
+            elif isinstance(layer, nn.MaxPool2d):
+                h, w = F.max_pool2d(torch.empty(1, 1, h, w, device="meta"), layer.kernel_size, layer.stride,
+                                    layer.padding, layer.dilation, layer.ceil_mode).shape[-2:]
+        return widest
+
+    def _first_cols(self, split: str, g: int, x: torch.Tensor) -> torch.Tensor | None:
+        """The first layer's im2col `[n·Ho·Wo, C·kh·kw]` of group g's split, when the first
+        layer is a convolution without groups and it fits in COLS_VALUES (else None)."""
+        key = (split, g)
+        if key not in self._cols:
+            first = self.layers[0][1]
+            cols = None
+            if type(first) is nn.Conv2d and first.groups == 1:
+                size = x.shape[0] * x[0].numel() * first.kernel_size[0] * first.kernel_size[1]
+                if size <= COLS_VALUES:  # an upper bound (stride 1); fine for the estimate
+                    unfolded = F.unfold(x, first.kernel_size, first.dilation, first.padding, first.stride)
+                    cols = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+                    if first.bias is not None:  # a column of ones: the bias is one more row of the product
+                        cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1)], 1)
+                    cols = cols.contiguous()
+            self._cols[key] = cols
+        return self._cols[key]
+
+    def _pass(self, x: torch.Tensor, cols: torch.Tensor | None, weights: dict[str, torch.Tensor],
+              k: int) -> torch.Tensor:
+        """One piece of a group: `x` `[b, C, H, W]` (shared) → outputs `[k, b, out]`."""
+        n = x.shape[0]
+        state, y = "shared", x  # "shared" [b, …] | "images" channels-last [b, k·C, H, W] | "flat" [k, b, F]
+        for i, (name, layer) in enumerate(self.layers):
+            if isinstance(layer, nn.Conv2d):
+                w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
+                out_channels = layer.out_channels
+                if state == "shared" and i == 0 and cols is not None:
+                    h, wd = _conv_size(x.shape[-2:], layer)
+                    flat_w = w.reshape(k * out_channels, -1)
+                    if b is not None:  # (addmm would first copy the bias into every row: 1.3 ms a piece)
+                        flat_w = torch.cat([flat_w, b.reshape(-1, 1)], 1)
+                    y = torch.mm(cols, flat_w.t())
+                    y = y.view(n, h, wd, k * out_channels).permute(0, 3, 1, 2)
+                elif state == "shared":  # one convolution with the group's filters side by side
+                    y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w.reshape(-1, *w.shape[2:]),
+                                 None if b is None else b.reshape(-1), layer.stride, layer.padding, layer.dilation,
+                                 layer.groups) if layer.groups == 1 else \
+                        F.conv2d(y.repeat(1, k, 1, 1).contiguous(memory_format=torch.channels_last),
+                                 w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
+                                 layer.padding, layer.dilation, layer.groups * k)
+                else:
+                    y = F.conv2d(y, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
+                                 layer.padding, layer.dilation, layer.groups * k)
+                y = y.contiguous(memory_format=torch.channels_last)
+                state = "images"
+            elif isinstance(layer, nn.MaxPool2d):
+                y = F.max_pool2d(y, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+                if state == "images":
+                    y = y.contiguous(memory_format=torch.channels_last)
+            elif isinstance(layer, nn.Flatten):
+                if state == "images":  # each member's [C, H, W], in its own order
+                    y = y.reshape(n, k, -1, *y.shape[-2:]).transpose(0, 1).reshape(k, n, -1)
+                    state = "flat"
+                else:
+                    y = y.reshape(n, -1)
+            elif isinstance(layer, nn.Linear):
+                w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
+                if state == "shared":  # shared features: one product with the members' rows side by side
+                    flat_w = w.reshape(-1, w.shape[-1]).t()
+                    y = torch.mm(y, flat_w) if b is None else torch.addmm(b.reshape(-1), y, flat_w)
+                    y = y.view(n, k, -1).transpose(0, 1)
+                    state = "flat"
+                else:
+                    y = torch.bmm(y, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))
+            elif isinstance(layer, DROPOUT):
+                pass  # the identity in evaluation
+            elif type(layer) is nn.ReLU and state != "shared":
+                y = y.relu_()  # the pass's own tensor
+            else:  # elementwise; never in place on the data itself
+                y = layer(y.clone() if state == "shared" and getattr(layer, "inplace", False) else y)
+        if state == "shared":  # no layer with weights: the same output for every member
+            y = y.unsqueeze(0).expand(k, *y.shape)
+        return y
+
+
+def _conv_size(size, layer: nn.Conv2d) -> tuple[int, int]:
+    return tuple((s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in
+                 zip(size, layer.padding, layer.dilation, layer.kernel_size, layer.stride))
+
+
+def cross_entropy_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy `[M]` for class scores `[M, n, classes]` and labels
+    `[M, n]`: `batched_model.member_losses`' sums, with the log-softmax taken over the
+    classes laid out along the second dimension (ATen's kernel for a last dimension of a
+    few classes took 5.1 ms for 24 × 1,437 × 10 scores, this one 0.5 ms, transpose included)."""
+    logp = torch.log_softmax(out.transpose(1, 2).contiguous(), 1)
+    return -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)

@@ -1,0 +1,90 @@
+"""`optcmp.stacked_eval.PlainEval`: a stack's evaluation pass without vmap gives each member
+the output its own nn.Module gives on its own data (float32 rounding apart), whatever
+group of equal data it is in; models it does not cover are left to vmap."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from optcmp.models import cnn
+from optcmp.stacked_eval import PlainEval, cross_entropy_losses, plain_layers
+
+MODELS = {
+    "built-in cnn": lambda: cnn((1, 8, 8), 10, [4, 6], "relu"),
+    "no bias, dropout, tanh": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.Tanh(), nn.Dropout(0.5), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, groups=2), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(6, 5)),
+    "pool first, two linears": lambda: nn.Sequential(
+        nn.MaxPool2d(2), nn.Conv2d(2, 3, 2), nn.GELU(), nn.Flatten(), nn.Linear(27, 7), nn.ReLU(), nn.Linear(7, 3)),
+    "flatten first": lambda: nn.Sequential(nn.Flatten(), nn.Linear(128, 9), nn.SiLU(), nn.Linear(9, 4)),
+}
+SHAPES = {"built-in cnn": (1, 8, 8)}
+
+
+def stacked(make, members: int):
+    """`members` models built from their own seeds, and their parameters stacked `[M, …]`."""
+    models = []
+    for m in range(members):
+        torch.manual_seed(m)
+        models.append(make().eval())
+    params = {n: torch.stack([dict(mod.named_parameters())[n].detach() for mod in models])
+              for n, _ in models[0].named_parameters()}
+    return models, params
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("groups", [[[0, 1, 2, 3, 4]], [[0, 2, 4], [1, 3]], [[0], [1], [2], [3], [4]]])
+def test_each_member_gets_its_own_models_output(name, groups):
+    models, params = stacked(MODELS[name], 5)
+    layers = plain_layers(models[0])
+    assert layers is not None
+    shape = SHAPES.get(name, (2, 8, 8))
+    gen = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(37, *shape, generator=gen) for _ in groups]
+    kept = [x.clone() for x in inputs]
+    evaluator = PlainEval(layers, params, groups)
+    for _ in range(2):  # the second pass reads the kept im2col
+        out = evaluator.evaluate("val", inputs)
+        for g, x in zip(groups, inputs):
+            for m in g:
+                with torch.no_grad():
+                    expected = models[m](x)
+                torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(x, k) for x, k in zip(inputs, kept))  # the data is never written
+
+
+def test_samples_go_in_pieces_and_weights_are_read_at_each_pass(monkeypatch):
+    import optcmp.stacked_eval as stacked_eval
+
+    monkeypatch.setattr(stacked_eval, "EVAL_VALUES", 500)  # a few samples a piece
+    models, params = stacked(MODELS["built-in cnn"], 3)
+    x = torch.randn(50, 1, 8, 8)
+    evaluator = PlainEval(plain_layers(models[0]), params, [[0, 1, 2]])
+    evaluator.evaluate("train", [x])
+    params["0.weight"].mul_(-2)  # the stack's weights change in place, as the optimizer updates them
+    out = evaluator.evaluate("train", [x])
+    for m in range(3):
+        with torch.no_grad():
+            expected = functional_call(models[m], {n: p[m] for n, p in params.items()}, (x,))
+        torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 3)),  # running statistics
+    nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten(), nn.Linear(128, 3)),
+    nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()),  # no Linear head
+    nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1))),
+    nn.Linear(4, 2),
+])
+def test_other_models_are_left_to_vmap(model):
+    assert plain_layers(model) is None
+
+
+def test_cross_entropy_losses_are_each_members_cross_entropy():
+    gen = torch.Generator().manual_seed(3)
+    out, y = torch.randn(4, 300, 10, generator=gen) * 5, torch.randint(0, 10, (4, 300), generator=gen)
+    expected = torch.stack([F.cross_entropy(o, t) for o, t in zip(out, y)])
+    torch.testing.assert_close(cross_entropy_losses(out, y), expected, rtol=1e-6, atol=0)
