@@ -77,6 +77,7 @@ class PlainEval:
         self.members = next(iter(params.values())).shape[0]
         self.groups = [torch.tensor(g, dtype=torch.long) for g in groups]
         self._cols: dict[tuple[str, int], torch.Tensor | None] = {}  # (split, group) → first conv's im2col
+        self.pool_at = _pool_after_first_conv(layers)
 
     def evaluate(self, split: str, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Outputs `[M, n, out]`: `inputs[g]` `[n, C, H, W]` is group g's shared split."""
@@ -126,6 +127,11 @@ class PlainEval:
                     cols = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
                     if first.bias is not None:  # a column of ones: the bias is one more row of the product
                         cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1)], 1)
+                    if self.pool_at is not None:  # rows as [n, dy, dx, Ho/2, Wo/2]: see _pool_after_first_conv
+                        h, w = _conv_size(x.shape[-2:], first)
+                        cols = cols.view(x.shape[0], h, w, -1)[:, :h // 2 * 2, :w // 2 * 2]
+                        cols = cols.reshape(x.shape[0], h // 2, 2, w // 2, 2, -1).permute(0, 2, 4, 1, 3, 5)
+                        cols = cols.reshape(-1, cols.shape[-1])
                     cols = cols.contiguous()
             self._cols[key] = cols
         return self._cols[key]
@@ -135,7 +141,10 @@ class PlainEval:
         """One piece of a group: `x` `[b, C, H, W]` (shared) → outputs `[k, b, out]`."""
         n = x.shape[0]
         state, y = "shared", x  # "shared" [b, …] | "images" channels-last [b, k·C, H, W] | "flat" [k, b, F]
+        skip = 0
         for i, (name, layer) in enumerate(self.layers):
+            if i < skip:
+                continue
             if isinstance(layer, nn.Conv2d):
                 w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
                 out_channels = layer.out_channels
@@ -145,6 +154,11 @@ class PlainEval:
                     if b is not None:  # (addmm would first copy the bias into every row: 1.3 ms a piece)
                         flat_w = torch.cat([flat_w, b.reshape(-1, 1)], 1)
                     y = torch.mm(cols, flat_w.t())
+                    if self.pool_at is not None:  # the 2×2 max-pool: the largest of four blocks of rows
+                        h, wd, skip = h // 2, wd // 2, self.pool_at + 1
+                        y = y.view(n, 4, -1).amax(1)
+                        if any(type(m) is nn.ReLU for _, m in self.layers[1:self.pool_at]):
+                            y = y.relu_()
                     y = y.view(n, h, wd, k * out_channels).permute(0, 3, 1, 2)
                 elif state == "shared":  # one convolution with the group's filters side by side
                     y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w.reshape(-1, *w.shape[2:]),
@@ -186,6 +200,26 @@ class PlainEval:
         if state == "shared":  # no layer with weights: the same output for every member
             y = y.unsqueeze(0).expand(k, *y.shape)
         return y
+
+
+def _pool_after_first_conv(layers: list[tuple[str, nn.Module]]) -> int | None:
+    """The index of a 2×2 max-pool (stride 2, no padding) that follows the first layer, a
+    convolution, through ReLUs or evaluation's identities only, else None. Then the pass
+    computes the convolution's outputs window position by window position, pools them as
+    the largest of four blocks, and applies ReLU to the pooled values: max(relu(a), relu(b))
+    is relu(max(a, b)) exactly. Max-pooling the channels-last output took 9 ms of a 28 ms
+    pass (digits, 24 members), ReLU 2.6 ms."""
+    if not layers or type(layers[0][1]) is not nn.Conv2d or layers[0][1].groups != 1:
+        return None
+    for i, (_, layer) in enumerate(layers[1:], 1):
+        if type(layer) is nn.MaxPool2d:
+            pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+            plain = (pair(layer.kernel_size) == (2, 2) and pair(layer.stride) == (2, 2) and
+                     pair(layer.padding) == (0, 0) and pair(layer.dilation) == (1, 1) and not layer.ceil_mode)
+            return i if plain else None
+        if type(layer) not in (nn.ReLU, nn.Identity, *DROPOUT):
+            return None
+    return None
 
 
 def _conv_size(size, layer: nn.Conv2d) -> tuple[int, int]:

@@ -20,8 +20,15 @@ MODELS = {
     "pool first, two linears": lambda: nn.Sequential(
         nn.MaxPool2d(2), nn.Conv2d(2, 3, 2), nn.GELU(), nn.Flatten(), nn.Linear(27, 7), nn.ReLU(), nn.Linear(7, 3)),
     "flatten first": lambda: nn.Sequential(nn.Flatten(), nn.Linear(128, 9), nn.SiLU(), nn.Linear(9, 4)),
+    # the first conv's 2×2 max-pool taken with its product (odd sizes: the last row and column left out)
+    "odd images, pooled with the product": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.ReLU(), nn.MaxPool2d((2, 2)), nn.Flatten(),
+        nn.Linear(36, 3)),
+    "ceil-mode pool": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(64, 3)),
 }
-SHAPES = {"built-in cnn": (1, 8, 8)}
+SHAPES = {"built-in cnn": (1, 8, 8), "odd images, pooled with the product": (2, 7, 7),
+          "ceil-mode pool": (2, 7, 7)}
 
 
 def stacked(make, members: int):
@@ -54,6 +61,17 @@ def test_each_member_gets_its_own_models_output(name, groups):
                     expected = models[m](x)
                 torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-6)
     assert all(torch.equal(x, k) for x, k in zip(inputs, kept))  # the data is never written
+
+
+def test_the_first_convs_pool_is_taken_with_its_product_only_where_it_is_a_plain_2x2_pool():
+    from optcmp.stacked_eval import _pool_after_first_conv
+
+    def at(make):
+        return _pool_after_first_conv(plain_layers(make()))
+
+    assert at(MODELS["built-in cnn"]) == 2 and at(MODELS["odd images, pooled with the product"]) == 4
+    assert at(MODELS["ceil-mode pool"]) is None and at(MODELS["no bias, dropout, tanh"]) is None  # tanh between
+    assert at(MODELS["pool first, two linears"]) is None
 
 
 def test_samples_go_in_pieces_and_weights_are_read_at_each_pass(monkeypatch):
