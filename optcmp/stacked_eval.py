@@ -73,11 +73,11 @@ class PlainEval:
 
     def __init__(self, layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor],
                  groups: list[list[int]]) -> None:
-        self.layers, self.params = layers, params
+        self.layers, self.params = relu_after_pool(layers), params
         self.members = next(iter(params.values())).shape[0]
         self.groups = [torch.tensor(g, dtype=torch.long) for g in groups]
         self._cols: dict[tuple[str, int], torch.Tensor | None] = {}  # (split, group) → first conv's im2col
-        self.pool_at = _pool_after_first_conv(layers)
+        self.pool_at = _pool_after_first_conv(self.layers)
 
     def evaluate(self, split: str, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Outputs `[M, n, out]`: `inputs[g]` `[n, C, H, W]` is group g's shared split."""
@@ -91,7 +91,8 @@ class PlainEval:
                 pieces, per_sample = [], 0 if cols is None else cols.shape[0] // x.shape[0]
                 for start in range(0, x.shape[0], rows):
                     part_cols = None if cols is None else cols[start * per_sample:(start + rows) * per_sample]
-                    pieces.append(self._pass(x[start:start + rows], part_cols, weights, len(members)))
+                    pieces.append(run_layers(self.layers, x[start:start + rows], "shared", weights, len(members),
+                                             part_cols, self.pool_at))
                 out = torch.cat(pieces, 1)
                 if whole:
                     return out
@@ -136,70 +137,133 @@ class PlainEval:
             self._cols[key] = cols
         return self._cols[key]
 
-    def _pass(self, x: torch.Tensor, cols: torch.Tensor | None, weights: dict[str, torch.Tensor],
-              k: int) -> torch.Tensor:
-        """One piece of a group: `x` `[b, C, H, W]` (shared) → outputs `[k, b, out]`."""
-        n = x.shape[0]
-        state, y = "shared", x  # "shared" [b, …] | "images" channels-last [b, k·C, H, W] | "flat" [k, b, F]
-        skip = 0
-        for i, (name, layer) in enumerate(self.layers):
-            if i < skip:
-                continue
-            if isinstance(layer, nn.Conv2d):
-                w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
-                out_channels = layer.out_channels
-                if state == "shared" and i == 0 and cols is not None:
-                    h, wd = _conv_size(x.shape[-2:], layer)
-                    flat_w = w.reshape(k * out_channels, -1)
-                    if b is not None:  # (addmm would first copy the bias into every row: 1.3 ms a piece)
-                        flat_w = torch.cat([flat_w, b.reshape(-1, 1)], 1)
-                    y = torch.mm(cols, flat_w.t())
-                    if self.pool_at is not None:  # the 2×2 max-pool: the largest of four blocks of rows
-                        h, wd, skip = h // 2, wd // 2, self.pool_at + 1
-                        y = y.view(n, 4, -1).amax(1)
-                        if any(type(m) is nn.ReLU for _, m in self.layers[1:self.pool_at]):
-                            y = y.relu_()
-                    y = y.view(n, h, wd, k * out_channels).permute(0, 3, 1, 2)
-                elif state == "shared":  # one convolution with the group's filters side by side
-                    y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w.reshape(-1, *w.shape[2:]),
-                                 None if b is None else b.reshape(-1), layer.stride, layer.padding, layer.dilation,
-                                 layer.groups) if layer.groups == 1 else \
-                        F.conv2d(y.repeat(1, k, 1, 1).contiguous(memory_format=torch.channels_last),
-                                 w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
-                                 layer.padding, layer.dilation, layer.groups * k)
-                else:
-                    y = F.conv2d(y, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
-                                 layer.padding, layer.dilation, layer.groups * k)
+
+
+def run_layers(layers: list[tuple[str, nn.Module]], x: torch.Tensor, state: str, weights: dict[str, torch.Tensor],
+               k: int, cols: torch.Tensor | None = None, pool_at: int | None = None) -> torch.Tensor:
+    """k members' pass through `layers` → outputs `[k, b, out]`. `x` in `state`: "shared"
+    `[b, …]`, one input for all (`cols`: the first conv's im2col of it, `pool_at` as
+    `_pool_after_first_conv` says), or "images", the members' own images as one
+    channels-last `[b, k·C, H, W]`. Autograd records it where it is enabled."""
+    n = x.shape[0]
+    y = x  # "shared" [b, …] | "images" channels-last [b, k·C, H, W] | "flat" [k, b, F]
+    skip = 0
+    for i, (name, layer) in enumerate(layers):
+        if i < skip:
+            continue
+        if isinstance(layer, nn.Conv2d):
+            w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
+            out_channels = layer.out_channels
+            if state == "shared" and i == 0 and cols is not None:
+                h, wd = _conv_size(x.shape[-2:], layer)
+                flat_w = w.reshape(k * out_channels, -1)
+                if b is not None:  # (addmm would first copy the bias into every row: 1.3 ms a piece)
+                    flat_w = torch.cat([flat_w, b.reshape(-1, 1)], 1)
+                y = torch.mm(cols, flat_w.t())
+                if pool_at is not None:  # the 2×2 max-pool: the largest of four blocks of rows
+                    h, wd, skip = h // 2, wd // 2, pool_at + 1
+                    y = y.view(n, 4, -1).amax(1)
+                    if any(type(m) is nn.ReLU for _, m in layers[1:pool_at]):
+                        y = y.relu_()
+                y = y.view(n, h, wd, k * out_channels).permute(0, 3, 1, 2)
+            elif state == "shared":  # one convolution with the group's filters side by side
+                y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w.reshape(-1, *w.shape[2:]),
+                             None if b is None else b.reshape(-1), layer.stride, layer.padding, layer.dilation,
+                             layer.groups) if layer.groups == 1 else \
+                    F.conv2d(y.repeat(1, k, 1, 1).contiguous(memory_format=torch.channels_last),
+                             w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
+                             layer.padding, layer.dilation, layer.groups * k)
+            else:
+                y = F.conv2d(y, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
+                             layer.padding, layer.dilation, layer.groups * k)
+            y = y.contiguous(memory_format=torch.channels_last)
+            state = "images"
+        elif isinstance(layer, nn.MaxPool2d):
+            y = F.max_pool2d(y, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+            if state == "images":
                 y = y.contiguous(memory_format=torch.channels_last)
-                state = "images"
-            elif isinstance(layer, nn.MaxPool2d):
-                y = F.max_pool2d(y, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
-                if state == "images":
-                    y = y.contiguous(memory_format=torch.channels_last)
-            elif isinstance(layer, nn.Flatten):
-                if state == "images":  # each member's [C, H, W], in its own order
-                    y = y.reshape(n, k, -1, *y.shape[-2:]).transpose(0, 1).reshape(k, n, -1)
-                    state = "flat"
-                else:
-                    y = y.reshape(n, -1)
-            elif isinstance(layer, nn.Linear):
-                w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
-                if state == "shared":  # shared features: one product with the members' rows side by side
-                    flat_w = w.reshape(-1, w.shape[-1]).t()
-                    y = torch.mm(y, flat_w) if b is None else torch.addmm(b.reshape(-1), y, flat_w)
-                    y = y.view(n, k, -1).transpose(0, 1)
-                    state = "flat"
-                else:
-                    y = torch.bmm(y, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))
-            elif isinstance(layer, DROPOUT):
-                pass  # the identity in evaluation
-            elif type(layer) is nn.ReLU and state != "shared":
-                y = y.relu_()  # the pass's own tensor
-            else:  # elementwise; never in place on the data itself
-                y = layer(y.clone() if state == "shared" and getattr(layer, "inplace", False) else y)
-        if state == "shared":  # no layer with weights: the same output for every member
-            y = y.unsqueeze(0).expand(k, *y.shape)
-        return y
+        elif isinstance(layer, nn.Flatten):
+            if state == "images":  # each member's [C, H, W], in its own order
+                y = y.reshape(n, k, -1, *y.shape[-2:]).transpose(0, 1).reshape(k, n, -1)
+                state = "flat"
+            else:
+                y = y.reshape(n, -1)
+        elif isinstance(layer, nn.Linear):
+            w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
+            if state == "shared":  # shared features: one product with the members' rows side by side
+                flat_w = w.reshape(-1, w.shape[-1]).t()
+                y = torch.mm(y, flat_w) if b is None else torch.addmm(b.reshape(-1), y, flat_w)
+                y = y.view(n, k, -1).transpose(0, 1)
+                state = "flat"
+            else:
+                y = torch.bmm(y, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))
+        elif isinstance(layer, DROPOUT):
+            pass  # the identity in evaluation
+        elif type(layer) is nn.ReLU and state != "shared":
+            y = torch.relu(y) if torch.is_grad_enabled() else y.relu_()  # in place: the pass's own tensor
+        else:  # elementwise; never in place on the data itself
+            y = layer(y.clone() if state == "shared" and getattr(layer, "inplace", False) else y)
+    if state == "shared":  # no layer with weights: the same output for every member
+        y = y.unsqueeze(0).expand(k, *y.shape)
+    return y
+
+
+def relu_after_pool(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """`layers` with each ReLU that a MaxPool2d follows (through evaluation's identities)
+    moved after that pool: relu(max(a, b)) is max(relu(a), relu(b)) exactly, and so are
+    the gradients (both reach the window's first largest value where it is positive, else
+    nothing), on a quarter of the values of a 2×2 pool."""
+    out = list(layers)
+    i = 0
+    while i < len(out):
+        if type(out[i][1]) is nn.ReLU:
+            j = i + 1
+            while j < len(out) and type(out[j][1]) in (nn.Identity, *DROPOUT):
+                j += 1
+            if j < len(out) and type(out[j][1]) is nn.MaxPool2d:
+                out.insert(j, out.pop(i))
+                i = j + 1
+                continue
+        i += 1
+    return out
+
+
+class PlainStack:
+    """The training side of the stacked-model contract (`functional.FunctionalStack`'s
+    forward and backward) for a `plain_layers` Sequential that starts with a convolution
+    and draws nothing (its Dropouts, if any, have p = 0), on the members' images: the
+    layers of `run_layers` on the stacked weights with autograd, in place of vmap of
+    functional_call. The kernels are vmap's (`channels_last.py`: grouped convolutions and
+    pools in channels-last layout); what goes is vmap's and the routing's Python around
+    them, and ReLU moves after the pool (`relu_after_pool`). Digits CNN, 24 members,
+    batches of 64: forward and backward 8.1 ms → see benchmarks/digits_cnn.py."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor]) -> None:
+        self.layers, self.params = relu_after_pool(layers), params
+        self.members = next(iter(params.values())).shape[0]
+
+    @staticmethod
+    def takes(layers: list[tuple[str, nn.Module]] | None) -> bool:
+        return bool(layers) and type(layers[0][1]) is nn.Conv2d and \
+            all(m.p == 0 for _, m in layers if isinstance(m, DROPOUT))
+
+    def forward(self, x: torch.Tensor, keep: bool = False, train: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """Outputs `[M, B, out]` for images `[M, B, C, H, W]` (or `[B, C, H, W]` shared)."""
+        leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()} if keep else self.params
+        with torch.enable_grad() if keep else torch.no_grad():
+            if x.dim() == 4:
+                out = run_layers(self.layers, x, "shared", leaves, self.members)
+            else:
+                members, batch, channels, height, width = x.shape
+                # (contiguous: with one channel the reshape can be a view, not laid out channels-last)
+                images = x.permute(1, 3, 4, 0, 2).reshape(batch, height, width, members * channels).contiguous()
+                out = run_layers(self.layers, images.permute(0, 3, 1, 2), "images", leaves, self.members)
+        return out, ((out, leaves) if keep else None)
+
+    def backward(self, saved: tuple, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, leaves = saved
+        grads = torch.autograd.grad(out, list(leaves.values()), grad_out, allow_unused=True)
+        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(leaves.items(), grads)}
 
 
 def _pool_after_first_conv(layers: list[tuple[str, nn.Module]]) -> int | None:

@@ -29,7 +29,7 @@ from optcmp.functional import FunctionalStack, member_generator
 from optcmp.loop import Column, execute_members
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
-from optcmp.stacked_eval import PlainEval, cross_entropy_losses, plain_layers
+from optcmp.stacked_eval import PlainEval, PlainStack, cross_entropy_losses, plain_layers
 from optcmp.tb.tags import ParameterTags
 from optcmp.trainer import build_run_model, histogram_tensors
 from optcmp.units import Progress, ShouldStop, Unit
@@ -150,8 +150,12 @@ class Stack:
         handwritten = first.stacking == "hand-written"
         buffers = {name: torch.stack([dict(model.named_buffers())[name] for model in models]).to(device)
                    for name, b in template.named_buffers() if b.dim() > 0 or not handwritten}
+        # a Sequential of convolutions, pools, activations and Linear layers runs without vmap
+        layers = plain_layers(template) if not handwritten and device.type == "cpu" else None
         if handwritten:
             self.model = StackedModel(template, self.views, buffers)
+        elif PlainStack.takes(layers) and datas[0].x_train.dim() == 4:
+            self.model = PlainStack(layers, self.views)
         else:
             self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
                                          input_dims=datas[0].x_train.dim())
@@ -161,8 +165,6 @@ class Stack:
         self.eval_rows = None
         if not handwritten and device.type == "cpu":
             self.eval_rows = max(EVAL_MIN_ROWS, EVAL_VALUES // (M * max(first.activations, 1)))
-        # a Sequential of convolutions, pools, activations and Linear layers evaluates without vmap
-        layers = plain_layers(template) if not handwritten and device.type == "cpu" else None
         self.plain_eval = PlainEval(layers, self.views, self.data.groups) if layers else None
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training; the

@@ -64,12 +64,13 @@ def test_each_member_gets_its_own_models_output(name, groups):
 
 
 def test_the_first_convs_pool_is_taken_with_its_product_only_where_it_is_a_plain_2x2_pool():
-    from optcmp.stacked_eval import _pool_after_first_conv
+    from optcmp.stacked_eval import _pool_after_first_conv, relu_after_pool
 
     def at(make):
         return _pool_after_first_conv(plain_layers(make()))
 
     assert at(MODELS["built-in cnn"]) == 2 and at(MODELS["odd images, pooled with the product"]) == 4
+    assert _pool_after_first_conv(relu_after_pool(plain_layers(MODELS["built-in cnn"]()))) == 1  # as PlainEval has it
     assert at(MODELS["ceil-mode pool"]) is None and at(MODELS["no bias, dropout, tanh"]) is None  # tanh between
     assert at(MODELS["pool first, two linears"]) is None
 
@@ -106,3 +107,61 @@ def test_cross_entropy_losses_are_each_members_cross_entropy():
     out, y = torch.randn(4, 300, 10, generator=gen) * 5, torch.randint(0, 10, (4, 300), generator=gen)
     expected = torch.stack([F.cross_entropy(o, t) for o, t in zip(out, y)])
     torch.testing.assert_close(cross_entropy_losses(out, y), expected, rtol=1e-6, atol=0)
+
+
+TRAINED = {  # PlainStack: Sequentials that start with a convolution and draw nothing
+    "built-in cnn": lambda: cnn((1, 8, 8), 10, [4, 6], "relu"),
+    "relu, identity, pool; tanh; p = 0 dropout": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Identity(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, groups=2),
+        nn.Tanh(), nn.ReLU(), nn.Dropout(0.0), nn.Flatten(), nn.Linear(24, 5), nn.ReLU(), nn.Linear(5, 3)),
+    "odd images, padded ceil-mode pool": lambda: nn.Sequential(
+        nn.Conv2d(2, 3, 2, bias=False), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.Flatten(),
+        nn.Linear(75, 4)),
+}
+
+
+@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_plain_stack_gives_each_member_its_own_outputs_and_gradients(name, shared):
+    from optcmp.stacked_eval import PlainStack
+
+    models, params = stacked(TRAINED[name], 4)
+    layers = plain_layers(models[0])
+    assert PlainStack.takes(layers)
+    shape = {"built-in cnn": (1, 8, 8), "odd images, padded ceil-mode pool": (2, 9, 9)}.get(name, (2, 8, 8))
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(*(() if shared else (4,)), 6, *shape, generator=gen)
+    # ties and negative windows: max-pool and ReLU in either order must still agree
+    x[..., :2, :2] = 0.5
+    stack = PlainStack(layers, params)
+    out, saved = stack.forward(x, keep=True, train=True)
+    grad_out = torch.randn(out.shape, generator=gen)
+    grads = stack.backward(saved, grad_out)
+    for m, model in enumerate(models):
+        model.train()
+        out_m = model(x if shared else x[m])
+        expected = torch.autograd.grad(out_m, list(model.parameters()), grad_out[m])
+        torch.testing.assert_close(out[m], out_m, rtol=1e-5, atol=1e-6)
+        for (n, _), g in zip(model.named_parameters(), expected):
+            torch.testing.assert_close(grads[n][m], g, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(stack.forward(x)[0], out.detach())
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout(0.1), nn.Flatten(), nn.Linear(72, 3)),  # it draws in training
+    nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),  # not images first
+])
+def test_models_that_draw_or_take_no_images_train_under_vmap(model):
+    from optcmp.stacked_eval import PlainStack
+
+    assert not PlainStack.takes(plain_layers(model))
+
+
+def test_relu_moves_after_the_pool_it_is_followed_by():
+    from optcmp.stacked_eval import relu_after_pool
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Dropout(0.2), nn.MaxPool2d(2), nn.ReLU(), nn.Tanh(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 2))
+    assert [n for n, _ in relu_after_pool(list(model.named_children()))] == \
+        ["0", "2", "3", "1", "4", "5", "6", "7", "8"]
