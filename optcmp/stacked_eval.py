@@ -1,14 +1,16 @@
-"""Evaluation passes of a stack of plain CNNs, without vmap: `PlainEval`.
+"""A stack of plain CNNs without vmap: evaluation passes (`PlainEval`) and training
+passes (`PlainStack`), on the CPU.
 
 An evaluation pass (the loop's full-set loss of both splits, every `log.every` steps) runs
-the whole split through every member. Under `vmap(functional_call)` it costs the stack
-about what it costs the runs one by one (digits CNN, 24 members, 1,437 samples: 77–88 ms
-a pass at its best piece size against 100 ms for the 24 sequential runs): vmap's
-per-call overhead, one grouped convolution of all members, and fresh activations in the
-members' interleaved layout. For an `nn.Sequential` of convolutions, max-pools, elementwise
-activations, Dropout (the identity in evaluation), Flatten and Linear layers this module
-runs the same pass on the stacked weights directly, under no_grad, which measured 24–27 ms
-for that pass:
+the whole split through every member. Under `vmap(functional_call)` it cost the stack
+about what it costs the runs one by one (digits CNN, 24 members, both splits of 1,438 and
+360 samples: 97–136 ms a log point at the best piece size, against 90–100 ms for the 24
+sequential runs, on the shared 2-core machine): vmap's per-call overhead, one grouped
+convolution of all members, fresh activations in the members' interleaved layout, and a
+log-softmax over a last dimension of 10 classes (5 ms). For an `nn.Sequential` of
+convolutions, max-pools, elementwise activations, Dropout (the identity in evaluation),
+Flatten and Linear layers this module runs the same pass on the stacked weights
+directly, under no_grad: 22.6 ms and 6.2 ms for the two splits, so:
 
 - members whose data is the same (the same seed, hence the same split) are a *group*: their
   input is shared, so the first convolution is one matrix product of the input's im2col
@@ -16,15 +18,23 @@ for that pass:
   filters side by side, `[n·H·W, C·kh·kw] @ [C·kh·kw, K·O]`, whose result already is the
   group's channels-last `[n, K·O, H, W]` (a grouped convolution of all members, or one
   plain convolution per group, measured 1.4–1.8× slower);
+- a 2×2 max-pool right after it is taken with that product (`_pool_after_first_conv`);
 - a later convolution is the group's grouped convolution in channels-last layout, a
   max-pool pools the channels-last images, an activation is applied to the whole group
-  (ReLU in place);
+  (ReLU in place, after the pool it precedes);
 - Flatten lays each member's features out as its own `[n, C·H·W]` and Linear is one
   batched matrix product of the group.
 
+Training (`PlainStack`) runs the same layers on the members' own batches with autograd:
+the kernels vmap's channels-last rules call (`channels_last.py`), without vmap's and the
+routing mode's Python around each of them (digits CNN, 24 members, batches of 64: forward
+and backward 8.7 ms → 5.5 ms, the gradients equal to the vmap path's bit for bit), and
+with each ReLU moved after the max-pool it precedes (`relu_after_pool`: exact).
+
 The values are the members' own passes up to float32 rounding (the products sum in another
 order than oneDNN's convolution and the sequential engine's addmm). Any other layer, or a
-model that is not such a Sequential, keeps the vmap path (`plain_layers` says None).
+model that is not such a Sequential, keeps the vmap path (`plain_layers` says None), and so
+does training a model whose Dropout draws (p > 0).
 """
 from __future__ import annotations
 
@@ -36,7 +46,7 @@ from torch import nn
 DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity, *DROPOUT)
 EVAL_VALUES = 1 << 20  # values of the largest activation of one piece of samples (stays in the caches)
-COLS_VALUES = 1 << 25  # im2col values kept per split and group at most (128 MiB of float32)
+COLS_VALUES = 1 << 24  # im2col values kept at most, all splits and groups together (64 MiB of float32)
 
 
 def plain_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
@@ -116,27 +126,28 @@ class PlainEval:
 
     def _first_cols(self, split: str, g: int, x: torch.Tensor) -> torch.Tensor | None:
         """The first layer's im2col `[n·Ho·Wo, C·kh·kw]` of group g's split, when the first
-        layer is a convolution without groups and it fits in COLS_VALUES (else None)."""
+        layer is a convolution without groups and it fits in what is left of COLS_VALUES
+        (else None: that group's split takes a plain convolution at each pass)."""
         key = (split, g)
         if key not in self._cols:
             first = self.layers[0][1]
             cols = None
             if type(first) is nn.Conv2d and first.groups == 1:
-                size = x.shape[0] * x[0].numel() * first.kernel_size[0] * first.kernel_size[1]
-                if size <= COLS_VALUES:  # an upper bound (stride 1); fine for the estimate
+                h, w = _conv_size(x.shape[-2:], first)
+                size = x.shape[0] * h * w * (x.shape[1] * first.kernel_size[0] * first.kernel_size[1] + 1)
+                kept = sum(c.numel() for c in self._cols.values() if c is not None)
+                if kept + size <= COLS_VALUES:
                     unfolded = F.unfold(x, first.kernel_size, first.dilation, first.padding, first.stride)
                     cols = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
                     if first.bias is not None:  # a column of ones: the bias is one more row of the product
                         cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1)], 1)
                     if self.pool_at is not None:  # rows as [n, dy, dx, Ho/2, Wo/2]: see _pool_after_first_conv
-                        h, w = _conv_size(x.shape[-2:], first)
                         cols = cols.view(x.shape[0], h, w, -1)[:, :h // 2 * 2, :w // 2 * 2]
                         cols = cols.reshape(x.shape[0], h // 2, 2, w // 2, 2, -1).permute(0, 2, 4, 1, 3, 5)
                         cols = cols.reshape(-1, cols.shape[-1])
                     cols = cols.contiguous()
             self._cols[key] = cols
         return self._cols[key]
-
 
 
 def run_layers(layers: list[tuple[str, nn.Module]], x: torch.Tensor, state: str, weights: dict[str, torch.Tensor],
@@ -235,8 +246,7 @@ class PlainStack:
     layers of `run_layers` on the stacked weights with autograd, in place of vmap of
     functional_call. The kernels are vmap's (`channels_last.py`: grouped convolutions and
     pools in channels-last layout); what goes is vmap's and the routing's Python around
-    them, and ReLU moves after the pool (`relu_after_pool`). Digits CNN, 24 members,
-    batches of 64: forward and backward 8.1 ms → see benchmarks/digits_cnn.py."""
+    them, and ReLU moves after the pool (`relu_after_pool`)."""
 
     def __init__(self, layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor]) -> None:
         self.layers, self.params = relu_after_pool(layers), params

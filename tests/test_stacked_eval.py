@@ -75,6 +75,21 @@ def test_the_first_convs_pool_is_taken_with_its_product_only_where_it_is_a_plain
     assert at(MODELS["pool first, two linears"]) is None
 
 
+def test_im2col_is_kept_within_its_budget_and_the_rest_convolved_at_each_pass(monkeypatch):
+    import optcmp.stacked_eval as stacked_eval
+
+    models, params = stacked(MODELS["built-in cnn"], 4)
+    inputs = [torch.randn(30, 1, 8, 8), torch.randn(30, 1, 8, 8)]
+    monkeypatch.setattr(stacked_eval, "COLS_VALUES", 30 * 64 * 10 + 30)  # one group's split
+    evaluator = PlainEval(plain_layers(models[0]), params, [[0, 1], [2, 3]])
+    out = evaluator.evaluate("train", inputs)
+    assert [c is not None for c in evaluator._cols.values()] == [True, False]
+    for m in range(4):
+        with torch.no_grad():
+            expected = models[m](inputs[m // 2])
+        torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_samples_go_in_pieces_and_weights_are_read_at_each_pass(monkeypatch):
     import optcmp.stacked_eval as stacked_eval
 
