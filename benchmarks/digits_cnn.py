@@ -5,9 +5,13 @@
 batches of 64, a 20 % validation split per seed, 600 steps, logging as the shipped
 configs/digits_cnn.yaml (scalars and both splits' full-set loss every 10 steps, histograms
 every 100). Those evaluation passes (1,798 samples each, every 10 steps of 64) are about
-half the arithmetic, and a stack does the same arithmetic as the runs one by one: they
-speed up far less than the step (measured on the shared machine, 200 steps: evaluation
-4.7 s → 3.2 s, steps 7 s → 2.1 s). The model is the built-in `cnn`: with `--channels 8` (the default) Conv2d 1→8 → ReLU → MaxPool2d → Linear,
+half the arithmetic, and a stack does the same arithmetic as the runs one by one. Under
+vmap they sped up far less than the step; `optcmp/stacked_eval.py` now runs both without
+vmap for such plain CNN Sequentials: each seed's members share the first convolution of
+the evaluation inputs as one im2col product, pooled with it (phase timers around the
+engines' members, in one process, 200 steps, load 0.9 on the shared 2 cores:
+evaluation 3.96 s sequential → 0.73 s vectorized, steps with updates 5.4 s → 1.2 s; under
+vmap it was 2.1 s and 1.6 s). The model is the built-in `cnn`: with `--channels 8` (the default) Conv2d 1→8 → ReLU → MaxPool2d → Linear,
 the CNN of tests/userlib.py:DigitsCNN that benchmarks/functional_stack.py times; with
 `--channels 16 32` the two-block CNN of configs/digits_cnn.yaml, whose convolutions make
 the step arithmetic-bound (a stack saves dispatch, not arithmetic).
@@ -16,6 +20,11 @@ the step arithmetic-bound (a stack saves dispatch, not arithmetic).
     python benchmarks/digits_cnn.py --channels 16 32
     python benchmarks/digits_cnn.py --quick             # 24 runs × 60 steps: a check that it runs
     python benchmarks/digits_cnn.py --log-every 100     # the training step's share: fewer evaluation passes
+
+Measured (load 1.0 on 2 cores, medians of 3): vectorized 7.98 s against sequential
+31.01 s, 3.89× (before stacked_eval.py and the digits read without importing
+scikit-learn: 16.04 s against 34.53 s, 2.15×); `--channels 16 32 --steps 200`: 8.13 s
+against 30.49 s, 3.75× (under vmap 15.27 s against 31.44 s, 2.06×).
 
 Both engines run with the same `--jobs` (default 1) and one torch thread per process.
 The vectorized engine trains the 24 runs as one stack (the four optimizers' members under

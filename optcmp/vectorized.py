@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from optcmp.batched_model import StackedModel, member_losses
 from optcmp.batched_optim import BatchedOptimizer, Segment
@@ -28,6 +29,7 @@ from optcmp.functional import FunctionalStack, member_generator
 from optcmp.loop import Column, execute_members
 from optcmp.resolve import LOSSES, ResolvedRun, resolve_device
 from optcmp.schedules import Schedules
+from optcmp.stacked_eval import PlainEval, PlainStack, cross_entropy_losses, plain_layers
 from optcmp.tb.tags import ParameterTags
 from optcmp.trainer import build_run_model, histogram_tensors
 from optcmp.units import Progress, ShouldStop, Unit
@@ -61,6 +63,16 @@ class StackedData:
         self.x_val, self.y_val = stack([d.x_val for d in kept]), stack([d.y_val for d in kept])
         self.n_train = first.x_train.shape[0]
         self._rows = torch.arange(self.members, device=device).unsqueeze(1)
+        # the members of each distinct data set (the same Dataset: the same seed), in order
+        firsts: dict[int, list[int]] = {}
+        for m, d in enumerate(datas):
+            firsts.setdefault(id(d), []).append(m)
+        self.groups = [list(range(self.members))] if self.shared else list(firsts.values())
+
+    def group_inputs(self, split: str) -> list[torch.Tensor]:
+        """The inputs `[n, …]` of a split, one per group of `groups`."""
+        x = self.x_train if split == "train" else self.x_val
+        return [x[0]] if self.shared else [x[g[0]] for g in self.groups]
 
     def _expand(self, y: torch.Tensor) -> torch.Tensor:
         return y.expand(self.members, *y.shape[1:]) if self.shared else y
@@ -138,8 +150,12 @@ class Stack:
         handwritten = first.stacking == "hand-written"
         buffers = {name: torch.stack([dict(model.named_buffers())[name] for model in models]).to(device)
                    for name, b in template.named_buffers() if b.dim() > 0 or not handwritten}
+        # a Sequential of convolutions, pools, activations and Linear layers runs without vmap
+        layers = plain_layers(template) if not handwritten and device.type == "cpu" else None
         if handwritten:
             self.model = StackedModel(template, self.views, buffers)
+        elif PlainStack.takes(layers) and datas[0].x_train.dim() == 4:
+            self.model = PlainStack(layers, self.views)
         else:
             self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
                                          input_dims=datas[0].x_train.dim())
@@ -149,6 +165,7 @@ class Stack:
         self.eval_rows = None
         if not handwritten and device.type == "cpu":
             self.eval_rows = max(EVAL_MIN_ROWS, EVAL_VALUES // (M * max(first.activations, 1)))
+        self.plain_eval = PlainEval(layers, self.views, self.data.groups) if layers else None
         # each member's weights and gradients by name (in model order), and the tensors it
         # histograms: views into the stacked buffers, valid for the whole training; the
         # tags are the template's, as the sequential engine makes them from its model
@@ -192,7 +209,12 @@ class Stack:
         """Each member's loss `[M]` (and accuracy) on its own train or validation set."""
         x, y = self.data.full(split)
         with torch.no_grad():
-            if self.eval_rows is None or x.shape[-self.input_dims] <= self.eval_rows:
+            if self.plain_eval is not None:
+                out = self.plain_eval.evaluate(split, self.data.group_inputs(split))
+                if self.loss_fn is F.cross_entropy and self.task == "classification" and out.dim() == 3:
+                    losses = cross_entropy_losses(out, y)
+                    return losses, (out.argmax(-1) == y).double().mean(1)
+            elif self.eval_rows is None or x.shape[-self.input_dims] <= self.eval_rows:
                 out, _ = self.model.forward(x)
             else:  # a few samples at a time: what the stacked layers hold stays in the cache
                 shared = x.dim() == self.input_dims

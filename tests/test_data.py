@@ -219,3 +219,22 @@ def test_lr_schedule_config_runs(tmp_path):
     results = train_config(ROOT / "configs" / "lr_schedule.yaml", tmp_path / "out", ["seeds=[0]", "train.steps=80"])
     assert len(results) == 4 and all(r["status"] == "ok" for r in results)
     assert all(r["metrics"]["val_loss"] < 1.5 for r in results)  # ln 10 ≈ 2.3 at the start
+
+
+def test_the_digits_are_read_as_load_digits_reads_them_without_importing_sklearn():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from optcmp.data import _bundled_digits
+
+    data, target = _bundled_digits()
+    bunch = load_digits()
+    assert data.dtype == bunch.data.dtype and target.dtype == bunch.target.dtype
+    assert np.array_equal(data, bunch.data) and np.array_equal(target, bunch.target)
+    code = ("import sys; from optcmp.config import DataConfig; from optcmp.data import build_data; "
+            "d = build_data(DataConfig(kind='sklearn', name='digits'), seed=0); "
+            "print(len(d.x_train), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1797", "False"]
