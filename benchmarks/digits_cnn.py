@@ -21,10 +21,10 @@ the step arithmetic-bound (a stack saves dispatch, not arithmetic).
     python benchmarks/digits_cnn.py --quick             # 24 runs × 60 steps: a check that it runs
     python benchmarks/digits_cnn.py --log-every 100     # the training step's share: fewer evaluation passes
 
-Measured (load 1.0 on 2 cores, medians of 3): vectorized 7.98 s against sequential
-31.01 s, 3.89× (before stacked_eval.py and the digits read without importing
-scikit-learn: 16.04 s against 34.53 s, 2.15×); `--channels 16 32 --steps 200`: 8.13 s
-against 30.49 s, 3.75× (under vmap 15.27 s against 31.44 s, 2.06×).
+Measured (load 1.0 on 2 cores, medians of 3): vectorized 7.44 s against sequential
+30.63 s, 4.12× (before stacked_eval.py and the digits read without importing
+scikit-learn, the same day: 15.37 s against 34.49 s, 2.24×); `--channels 16 32 --steps
+200`, one each: 8.13 s against 30.49 s, 3.75× (under vmap 15.27 s against 31.44 s, 2.06×).
 
 Both engines run with the same `--jobs` (default 1) and one torch thread per process.
 The vectorized engine trains the 24 runs as one stack (the four optimizers' members under
