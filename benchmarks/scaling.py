@@ -29,7 +29,6 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -92,7 +91,9 @@ def main() -> None:
                     help="--jobs the number of cores and --baseline-threads 0 (torch's default)")
     args = ap.parse_args()
     if args.whole_machine:
-        args.jobs, args.baseline_threads = len(os.sched_getaffinity(0)), 0
+        from optcmp.executors import available_cores
+
+        args.jobs, args.baseline_threads = available_cores(), 0
     if args.quick:
         args.members, args.steps, args.hand_members = [8, 32], 100, 4
     baselines = baselines_dir(args.baselines)

@@ -40,12 +40,17 @@ _MAX_BINS = 80
 _BAND = "the band spans the lowest to the highest seed"
 
 
-def write_report(directory: str | Path) -> Path:
-    """Write `report.html` into the sweep folder `directory`; return its path."""
+def require_matplotlib() -> None:
+    """matplotlib is an optional extra: say how to install it before any work is done."""
     try:
-        import matplotlib  # noqa: F401  (an optional extra; fail before any work is done)
+        import matplotlib  # noqa: F401
     except ImportError:
         raise OptcmpError("optcmp report needs matplotlib: pip install 'optcmp[report]'") from None
+
+
+def write_report(directory: str | Path) -> Path:
+    """Write `report.html` into the sweep folder `directory`; return its path."""
+    require_matplotlib()
     directory = Path(directory)
     runs = read_runs(directory)
     notes: list[tuple[str, str]] = []  # (run_id, why it is missing from the plots)

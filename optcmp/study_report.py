@@ -22,8 +22,7 @@ from typing import Any
 import pandas as pd
 
 from optcmp.display import significant, with_uncertainty
-from optcmp.errors import OptcmpError
-from optcmp.report import _CSS, OLD_PNGS, _details, _png_uri
+from optcmp.report import _CSS, OLD_PNGS, _details, _png_uri, require_matplotlib
 from optcmp.results import atomic_write_text
 from optcmp.study_folder import TOLD, StudyFolder
 from optcmp.study_plots import (BAND, RESAMPLE_SEED, RESAMPLES, best_of_k, plot_budget, plot_final_curves,
@@ -48,10 +47,7 @@ def write_report(directory: str | Path) -> Path:
 
 def write_study_report(directory: str | Path) -> Path:
     """Write `report.html` into the study folder `directory`; return its path."""
-    try:
-        import matplotlib  # noqa: F401  (an optional extra; fail before any work is done)
-    except ImportError:
-        raise OptcmpError("optcmp report needs matplotlib: pip install 'optcmp[report]'") from None
+    require_matplotlib()
     directory = Path(directory)
     s = StudyFolder(directory)
     figures = _figures(s)

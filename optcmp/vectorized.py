@@ -64,10 +64,10 @@ class StackedData:
         self.n_train = first.x_train.shape[0]
         self._rows = torch.arange(self.members, device=device).unsqueeze(1)
         # the members of each distinct data set (the same Dataset: the same seed), in order
-        firsts: dict[int, list[int]] = {}
+        by_data: dict[int, list[int]] = {}
         for m, d in enumerate(datas):
-            firsts.setdefault(id(d), []).append(m)
-        self.groups = [list(range(self.members))] if self.shared else list(firsts.values())
+            by_data.setdefault(id(d), []).append(m)
+        self.groups = [list(range(self.members))] if self.shared else list(by_data.values())
 
     def group_inputs(self, split: str) -> list[torch.Tensor]:
         """The inputs `[n, …]` of a split, one per group of `groups`."""
