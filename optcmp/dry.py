@@ -156,7 +156,7 @@ def _batched_step(model: nn.Module, family: str, options: dict[str, Any], groups
         width = sum(by_name[n].numel() for n in g.names)
         segments.append(Segment(at, at + width, [{**options, **g.options}], [dec]))
         at += width
-    opt = BatchedOptimizer(family, flat, segments)
+    opt = BatchedOptimizer(family, flat, segments, table_steps=1)
     opt.step(grads)
     return [float(lr) for lr in opt.lrs()[0]]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import optcmp.stopping as stopping
 from optcmp.progress_board import Board
-from optcmp.engines import run_unit
+from optcmp.engines import preload, run_unit
 from optcmp.errors import OptcmpError
 from optcmp.results import NoSpace, Status
 from optcmp.stats import warm_up
@@ -185,7 +185,10 @@ class ProcessExecutor:
     def results(self, units: list[Unit]) -> Iterator[Outcome]:
         import multiprocessing
 
-        context = multiprocessing.get_context(start_method(units, self.threads))
+        method = start_method(units, self.threads)
+        if method == "fork":
+            preload(units)
+        context = multiprocessing.get_context(method)
         board = Board(len(units), context)  # the workers' progress, for the display
         self.events.board(board, list(units))
         self._pool = ProcessPoolExecutor(

@@ -141,6 +141,31 @@ def test_workers_are_forked_only_where_that_is_safe(write_config):
     assert start_method(cuda, threads=1) == "spawn"  # CUDA cannot be used in a forked child
 
 
+def test_preload_imports_the_engines_of_the_units_before_the_fork(write_config):
+    """A fresh process that plans vectorized units holds no engine module until `preload`,
+    then the vectorized engine's with the TensorBoard writer it stands on: the forked
+    workers share them."""
+    import subprocess
+    import sys
+
+    config = write_config(GROUP)
+    script = f"""
+import sys
+from optcmp.config import load_config
+from optcmp.engines import preload
+from optcmp.runner import plan_units, preflight
+from optcmp.sweep import expand
+loaded = load_config({str(config)!r})
+units = plan_units(preflight(loaded, expand(loaded.config)), "vectorized", jobs=2)
+before = [m in sys.modules for m in ("optcmp.vectorized", "optcmp.loop", "tensorboardX")]
+preload(units)
+after = [m in sys.modules for m in ("optcmp.vectorized", "optcmp.loop", "tensorboardX")]
+print(sorted({{u.engine for u in units}}), before, after)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['vectorized'] [False, False, False] [True, True, True]"
+
+
 @pytest.mark.slow
 def test_a_dead_worker_process_fails_its_runs_not_the_sweep(write_config, tmp_path):
     config = write_config("""\

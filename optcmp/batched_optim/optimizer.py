@@ -16,11 +16,13 @@ class BatchedOptimizer:
     `family` (`family_of`'s answer)."""
 
     def __init__(self, family: str, params: torch.Tensor, segments: list[Segment],
-                 lr_at: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 lr_at: Callable[[np.ndarray], np.ndarray] | None = None, table_steps: int = TABLE_STEPS) -> None:
         """`lr_at(steps)`, when given, is the learning rate of every member and segment at
         those (1-based) optimizer steps, `[len(steps), M, segments]`: a schedule. Without
-        it each member keeps its options' `lr`."""
+        it each member keeps its options' `lr`. `table_steps`: how many steps' scalars
+        each block of tables holds (preflight's one-step dry run needs one, not 512)."""
         self.family = family
+        self.table_steps = table_steps
         self.entry = entry = CATALOGUE[family]
         self.params = params
         self.segments = segments
@@ -71,14 +73,15 @@ class BatchedOptimizer:
 
     def _table_row(self) -> int:
         """The current step's row in the tables, after building the tables of its block:
-        each segment's step-dependent scalars (`Family.schedule`) for TABLE_STEPS steps,
+        each segment's step-dependent scalars (`Family.schedule`) for `table_steps` steps,
         computed in float64 on the host like torch's Python-float arithmetic and copied to
         the device once, so a step costs no host→device copy."""
         t = max(self.step_count, 1)
-        if not self._tables or t >= self._table_start + TABLE_STEPS:
+        n = self.table_steps
+        if not self._tables or t >= self._table_start + n:
             self._table_start = t
-            steps = np.arange(t, t + TABLE_STEPS, dtype=np.float64)
-            self._table_lrs = np.asarray(self._lr_at(np.arange(t, t + TABLE_STEPS)), dtype=np.float64)
+            steps = np.arange(t, t + n, dtype=np.float64)
+            self._table_lrs = np.asarray(self._lr_at(np.arange(t, t + n)), dtype=np.float64)
             self._tables = [self._rows(self.entry.schedule(k, self._table_lrs[:, :, j], steps))
                             for j, k in enumerate(self._k)]
         return t - self._table_start
@@ -91,7 +94,7 @@ class BatchedOptimizer:
             if values.ndim == 1:
                 out[name] = tuple(values.tolist())
             elif values.dtype == bool:
-                out[name] = torch.as_tensor(values, device=self.params.device).view(TABLE_STEPS, -1, 1).unbind(0)
+                out[name] = torch.as_tensor(values, device=self.params.device).view(self.table_steps, -1, 1).unbind(0)
             else:
-                out[name] = column(values, self.params).view(TABLE_STEPS, -1, 1).unbind(0)
+                out[name] = column(values, self.params).view(self.table_steps, -1, 1).unbind(0)
         return out
