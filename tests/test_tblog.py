@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
@@ -393,3 +395,26 @@ def test_parameter_tags_name_module_path_and_type():
     assert tags.norm_tags == ("weight_norm", "weight_norm/0.Linear", "weight_norm/1._Block", "weight_norm/1.body.0.Linear",
                               "weight_norm/1.body.1.LayerNorm", "weight_norm/2.Linear")
     assert tags.layers == [0, 0, 1, 2, 2, 3, 3, 4]
+
+
+_CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(width=32),
+                  st.integers(-10**20, 10**20), st.booleans(), st.text(max_size=5), st.none())
+
+
+@settings(max_examples=300, deadline=None)
+@given(columns=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=6, unique=True),
+       data=st.data())
+def test_csv_text_is_the_csv_modules_text(columns, data):
+    """metrics.csv's writer joins floats and ints itself; whatever the rows hold (missing
+    cells, nan, inf, -0.0, float32 values, and strings, bools or None that go through the
+    csv module), its text is `csv.DictWriter`'s, byte for byte."""
+    import io
+
+    from optcmp.tb.logger import csv_text
+
+    rows = data.draw(st.lists(st.dictionaries(st.sampled_from(columns), _CELL), max_size=8))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    assert csv_text(columns, rows) == buf.getvalue()

@@ -207,11 +207,25 @@ class RunLogger:
         self.close()
 
     def _write_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(self._columns), lineterminator="\n")
-        w.writeheader()
-        w.writerows(self._rows.values())
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.run_dir / "metrics.csv", csv_text(list(self._columns), list(self._rows.values())))
+
+
+def csv_text(columns: list[str], rows: list[dict[str, object]]) -> str:
+    """`csv.DictWriter`'s text of `rows` (an empty cell where a row lacks a column), with
+    `lineterminator="\\n"`. Rows of Python floats and ints, as the loggers keep them, are
+    joined directly: the csv module's per-cell dispatch was half of metrics.csv's cost (a
+    third of a millisecond a run for 100 rows of 25 scalars); the float text is the same
+    `repr`. Anything else goes through the csv module."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    cells = [[row.get(c, "") for c in columns] for row in rows]
+    # (one column: the csv module writes an empty cell as "", not as an empty line)
+    if len(columns) > 1 and all(type(v) is float or type(v) is int or v == "" for line in cells for v in line):
+        buf.write("".join([",".join([v if v == "" else repr(v) for v in line]) + "\n" for line in cells]))
+    else:
+        w.writerows(cells)
+    return buf.getvalue()
 
 
 def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> bytes:
