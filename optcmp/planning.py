@@ -23,7 +23,8 @@ CPU_MEMBERS = 128
 MIN_SPLIT = 8  # members per piece at least when --jobs splits a group across processes
 MEMORY_SHARE = 0.5  # share of the free device memory (CPU: available RAM) one unit may use
 ALONE = "no other run shares its architecture, data and training config"
-STACKED = {"hand-written": "hand-written stacked MLP", "torch.func": "stacked with torch.func"}
+STACKED = {"hand-written": "hand-written stacked MLP", "plain": "stacked CNN without vmap",
+           "torch.func": "stacked with torch.func"}
 
 
 def plan_units(runs: list[ResolvedRun], engine: str = "auto", jobs: int = 1, max_members: int = MAX_MEMBERS) -> list[Unit]:

@@ -33,6 +33,7 @@ from optcmp.models import build_model
 from optcmp.optimizers import (decay_semantics, describe_groups, optimizer_class, param_groups, resolved_kwargs,
                                schedule_length, weight_decay_kind)
 from optcmp.schedules import unscheduled
+from optcmp.stacked_eval import PlainStack, plain_layers
 from optcmp.sweep import RunSpec
 
 LOSSES = {
@@ -85,7 +86,7 @@ class ResolvedRun:
     mode_free: bool  # no layer computes differently in training and evaluation mode
     n_params: int
     activations: int  # values a forward pass holds per sample, input included (for memory estimates)
-    stacking: str | None  # the stacked model of its group: "hand-written" or "torch.func"; None: none
+    stacking: str | None  # the stacked model of its group (a `Stacking.path`); None: none
     unreached: tuple[str, ...]  # parameters a training step gives no gradient: torch.optim leaves them as they are
     why_not: str | None  # why the run cannot join a vectorized group; None: it can
     group_key: str | None = field(default=None)  # runs with equal keys train together
@@ -145,7 +146,9 @@ def check_optimizer(model: nn.Module, cfg: OptimizerConfig) -> bool:
 class Stacking:
     """How a config's model trains in a vectorized group (decided once per model and data)."""
 
-    path: str | None  # "hand-written" (batched_model.py) or "torch.func" (functional.py); None: neither
+    # "hand-written" (batched_model.py), "plain" (stacked_eval.PlainStack: a plain CNN on the
+    # CPU, without vmap) or "torch.func" (functional.py); None: none of them
+    path: str | None
     reason: str | None  # why neither can take it, naming the layer
     unreached: tuple[str, ...]  # parameters a training step gives no gradient
     activations: int  # values a forward pass holds per sample, input included
@@ -153,9 +156,11 @@ class Stacking:
 
 def stacking(config: ExperimentConfig, model: nn.Module, sample: torch.Tensor) -> Stacking:
     """The hand-written stacked model where it covers the model (flat features; Linear,
-    LayerNorm, BatchNorm1d and activations), measurably the faster; else the torch.func one
-    where a trial pass of it runs (`functional.functional_reason`). `sample`: a few of the
-    training inputs."""
+    LayerNorm, BatchNorm1d and activations), measurably the faster; else, where a trial pass
+    of torch.func's runs (`functional.functional_reason`), the plain CNN stack for a
+    Sequential of convolutions, pools, activations and Linear layers that draws nothing, on
+    images on the CPU (`stacked_eval.PlainStack`: vmap's kernels without vmap), or the
+    torch.func one. `sample`: a few of the training inputs."""
     frozen = tuple(n for n, p in model.named_parameters() if not p.requires_grad)
     widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     if sample.dim() == 2 and unsupported_layer(model) is None:
@@ -164,6 +169,8 @@ def stacking(config: ExperimentConfig, model: nn.Module, sample: torch.Tensor) -
     if reason:
         return Stacking(None, f"model `{config.model.kind}`: {reason}", frozen, widths * 2 + sample[0].numel())
     unreached, activations = training_probe(model, sample[:TRIAL_ROWS])
+    if sample.dim() == 4 and resolve_device(config.device).type == "cpu" and PlainStack.takes(plain_layers(model)):
+        return Stacking("plain", None, unreached, activations)
     return Stacking("torch.func", None, unreached, activations)
 
 
@@ -281,7 +288,7 @@ class Resolver:
         length = schedule_length(cfg, len(data.x_train))
         imported = is_import_path(opt.name)
         own = [{k: v for k, v in g.items() if k not in ("params", "names")} for g in groups]
-        key = json.dumps(cfg.model_dump(mode="json", include={"model", "data"}), sort_keys=True, default=str)
+        key = json.dumps(cfg.model_dump(mode="json", include={"model", "data", "device"}), sort_keys=True, default=str)
         if key not in self._stackings:
             self._stackings[key] = stacking(cfg, model, data.x_train)
         stacked = self._stackings[key]

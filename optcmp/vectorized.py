@@ -154,7 +154,7 @@ class Stack:
         layers = plain_layers(template) if not handwritten and device.type == "cpu" else None
         if handwritten:
             self.model = StackedModel(template, self.views, buffers)
-        elif PlainStack.takes(layers) and datas[0].x_train.dim() == 4:
+        elif first.stacking == "plain":
             self.model = PlainStack(layers, self.views)
         else:
             self.model = FunctionalStack(template.to(device), self.views, buffers, generators,

@@ -70,8 +70,11 @@ def test_a_cnn_trains_vectorized_like_sequential(write_config, tmp_path):
     specs = specs_of(write_config, DIGITS_CNN)
     units = group_specs(specs)
     assert [len(u) for u in units] == [4]
+    # a plain Sequential of convolutions, pools and Linear layers on the CPU: the CNN stack
+    # without vmap (stacked_eval.PlainStack; the label said "torch.func" until the plan
+    # told them apart)
     assert describe_units(units) == ["vectorized group of 4: adam-wd0-s0, adam-wd0-s1, adam-wd0.1-s0, … adam-wd0.1-s1 "
-                                     "(stacked with torch.func)"]
+                                     "(stacked CNN without vmap)"]
     vec, seq = compare_engines(specs, tmp_path, rtol=TOLERANCE)
     assert [r["metrics"]["group_size"] for r in vec] == [4] * 4
     weights = np.load(tmp_path / "vec" / specs[0].run_id / "weights.npz")
@@ -133,12 +136,36 @@ def test_a_model_vmap_cannot_take_trains_sequentially_and_plan_names_the_layer(w
 def test_the_plan_says_which_stacked_model_a_group_uses(write_config, tmp_path):
     shown = CliRunner().invoke(app, ["plan", str(write_config(DIGITS_CNN)), "--out", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
-    assert "(stacked with torch.func)" in shown.output
+    assert "(stacked CNN without vmap)" in shown.output
+    # BatchNorm2d and Dropout that draws: torch.func's vmap, as on a GPU
+    for text, name in ((DROPOUT_CNN, "dropout.yaml"), (DIGITS_CNN.replace("device: cpu", "device: cuda"), "cuda.yaml")):
+        if "cuda" in name and not torch.cuda.is_available():
+            continue
+        shown = CliRunner().invoke(app, ["plan", str(write_config(text, name)), "--out", str(tmp_path)])
+        assert shown.exit_code == 0, shown.output
+        assert "(stacked with torch.func)" in shown.output, name
     mlp = DIGITS_CNN.replace("{kind: cnn, channels: [8, 16], activation: relu}", "{kind: mlp, hidden: [16], norm: none}")
     shown = CliRunner().invoke(app, ["plan", str(write_config(mlp.replace("shape: [1, 8, 8], ", ""), "mlp.yaml")),
                                      "--out", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "(hand-written stacked MLP)" in shown.output
+
+
+def test_each_group_trains_the_stacked_model_its_plan_names(write_config):
+    """`Stack` builds the model the plan's label names, decided once at preflight."""
+    from optcmp.batched_model import StackedModel
+    from optcmp.functional import FunctionalStack
+    from optcmp.stacked_eval import PlainStack
+    from optcmp.vectorized import Stack
+
+    built = {}
+    for text, name in ((DIGITS_CNN, "cnn"), (DROPOUT_CNN, "dropout"),
+                       (DIGITS_CNN.replace("{kind: cnn, channels: [8, 16], activation: relu}",
+                                           "{kind: mlp, hidden: [16], norm: none}").replace("shape: [1, 8, 8], ", ""), "mlp")):
+        runs = resolve_runs(expand(load_config(write_config(text, name + ".yaml")).config))[:2]
+        built[name] = (runs[0].stacking, type(Stack(runs, None, torch.device("cpu")).model))
+    assert built == {"cnn": ("plain", PlainStack), "dropout": ("torch.func", FunctionalStack),
+                     "mlp": ("hand-written", StackedModel)}
 
 
 def test_the_memory_estimate_counts_what_a_forward_pass_allocates(write_config):
