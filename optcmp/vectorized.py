@@ -154,9 +154,9 @@ class Stack:
         layers = plain_layers(template) if not handwritten and device.type == "cpu" else None
         if handwritten:
             self.model = StackedModel(template, self.views, buffers)
-        elif first.stacking == "plain":
+        elif first.stacking == "plain" and layers is not None:
             self.model = PlainStack(layers, self.views)
-        else:
+        else:  # torch.func; also a plain stack planned on a CPU that runs on a GPU (`auto` on a Ray worker)
             self.model = FunctionalStack(template.to(device), self.views, buffers, generators,
                                          input_dims=datas[0].x_train.dim())
         self.input_dims = datas[0].x_train.dim()
