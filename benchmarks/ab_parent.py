@@ -16,7 +16,8 @@ cache (PYTHONDONTWRITEBYTECODE=1, set on some machines), every process compiles 
 optcmp module it imports from source, and the tree with more code pays more. On
 2026-12-02 this tree compiled 53 modules before its workers forked, against 24 for
 de51958, and each forked worker compiled about 30 more: 0.97-0.99x with the variable set,
-1.01x without it. `--no-bytecode` measures that setting.
+1.01x without it (before the workers shared the engines' modules: `engines.preload`).
+`--no-bytecode` measures that setting.
 """
 from __future__ import annotations
 
