@@ -5,6 +5,7 @@ import csv
 import os
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -418,3 +419,64 @@ def test_csv_text_is_the_csv_modules_text(columns, data):
     w.writeheader()
     w.writerows(rows)
     assert csv_text(columns, rows) == buf.getvalue()
+
+
+def test_the_writer_thread_batches_across_runs_and_writes_each_file_as_alone(tmp_path, monkeypatch):
+    """Three runs log the same scalar and histogram tags (as a vectorized group's members
+    do): the writer thread encodes each log point's histograms of all three in one call,
+    and every event file holds, record for record, what it holds when its run is written
+    on its own."""
+    from optcmp.tb import events as ev
+    from optcmp.tb import logger as lg
+
+    calls = []
+    encode = lg._HistogramJob.encode_batch.__func__
+    monkeypatch.setattr(lg._HistogramJob, "encode_batch",
+                        classmethod(lambda cls, jobs: calls.append(len(jobs)) or encode(cls, jobs)))
+    monkeypatch.setattr(time, "time", lambda: 1234.5)  # the same wall times in both writes
+    gate, drain = threading.Event(), ev.drain
+    monkeypatch.setattr(ev, "drain", lambda writers: gate.wait(10) and drain(writers))
+
+    def write(folder, runs: list[int]) -> list[bytes]:
+        gate.clear()  # the writer thread waits until everything is queued
+        torch.manual_seed(0)
+        weights = [torch.randn(4, 3) for _ in range(3)]
+        loggers = {i: RunLogger(folder / f"r{i}", histogram_bins=BINS) for i in runs}
+        for step in range(3):
+            for i, logger in loggers.items():
+                logger.scalars(step, {"train/loss": float(i + step), "lr/group0": 0.1})
+            log_histograms(step, [(logger, {"weights/w": weights[i] * (step + 1)}) for i, logger in loggers.items()])
+        gate.set()
+        for logger in loggers.values():
+            logger.close()
+        return [logger.events_path.read_bytes() for logger in loggers.values()]
+
+    alone = [write(tmp_path / f"alone{i}", [i])[0] for i in range(3)]  # one run at a time: one writer
+    calls.clear()
+    together = write(tmp_path / "together", [0, 1, 2])
+    # Each run logs 3 steps: a call of more than 3 jobs holds several runs' histograms (all 9
+    # unless the writer thread took its list of writers while the 3 were being opened)
+    assert max(calls) >= 6
+    assert together == alone
+
+
+def test_an_encoding_error_stays_with_its_own_writer(tmp_path, monkeypatch):
+    """Two writers drained together, one with a broken job: that writer's close fails, the
+    other's events are written."""
+    from optcmp.tb import events as ev
+
+    gate, drain = threading.Event(), ev.drain
+    monkeypatch.setattr(ev, "drain", lambda writers: gate.wait(10) and drain(writers))  # the thread waits
+    good, bad = EventFileWriter(tmp_path / "good"), EventFileWriter(tmp_path / "bad")
+
+    def broken():
+        raise ValueError("bad event")
+
+    good.submit(lambda: [b"kept"])
+    bad.submit(broken)
+    drain([good, bad])  # both in one drain, as the writer thread takes them
+    gate.set()
+    good.close()
+    with pytest.raises(RuntimeError, match="bad event"):
+        bad.close()
+    assert good.path.read_bytes().endswith(ev.frame([b"kept"]))

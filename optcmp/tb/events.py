@@ -166,8 +166,7 @@ class _Pump:
             self._wake.clear()
             with self._lock:
                 writers = list(self._writers)
-            for writer in writers:
-                writer._drain()
+            drain(writers)
 
 
 _PUMP = _Pump(interval=0.25)
@@ -222,8 +221,8 @@ class EventFileWriter:
         if self._error is not None:
             raise RuntimeError(f"writing {self.path} failed: {self._error!r}") from self._error
 
-    def _drain(self) -> None:
-        """On the writer thread: encode and append what is queued; close on a stop."""
+    def _take(self) -> tuple[list[Job], list[threading.Event], bool] | None:
+        """On the writer thread: what is queued, as (jobs, flush waiters, stop); None: nothing."""
         jobs = []
         while True:
             try:
@@ -231,13 +230,19 @@ class EventFileWriter:
             except queue.Empty:
                 break
         if not jobs:
-            return
-        stop = any(job is _STOP for job in jobs)
+            return None
         waiters = [job for job in jobs if isinstance(job, threading.Event)]
-        jobs = [job for job in jobs if job is not _STOP and not isinstance(job, threading.Event)]
+        kept = [job for job in jobs if job is not _STOP and not isinstance(job, threading.Event)]
+        return kept, waiters, any(job is _STOP for job in jobs)
+
+    def _write(self, events: list[bytes] | BaseException, waiters: list[threading.Event], stop: bool) -> None:
+        """On the writer thread: append the encoded `events` (or keep the error that
+        encoding them raised), flush when due, wake the waiters, close on a stop."""
         try:
-            if jobs and self._error is None:
-                self._file.write(frame(_encode(jobs)))
+            if isinstance(events, BaseException):
+                raise events
+            if events and self._error is None:
+                self._file.write(frame(events))
             if waiters or stop or time.monotonic() - self._last_flush > self._flush_secs:
                 self._file.flush()
                 self._last_flush = time.monotonic()
@@ -254,16 +259,46 @@ class EventFileWriter:
             self._done.set()
 
 
+def drain(writers: Sequence[EventFileWriter]) -> None:
+    """On the writer thread: encode what every writer has queued, then append each
+    writer's events to its file. Batch jobs of the same class and key are encoded together
+    across writers: the members of a vectorized group log the same tags, so a log point's
+    histograms (or scalars) of 128 runs are one `encode_batch` call instead of 128 (for
+    the 1024-member reference sweep, 0.9 s of the writer's CPU in each worker before).
+    Where a batch raises, each writer's jobs are encoded again on their own, so that the
+    error is kept by the writer it belongs to."""
+    taken = [(writer, took) for writer in writers if (took := writer._take()) is not None]
+    lists = [jobs for _, (jobs, _, _) in taken]
+    try:
+        encoded: list[list[bytes] | BaseException] = list(_encode_many(lists))
+    except Exception:  # noqa: BLE001 - attributed below, one writer at a time
+        encoded = []
+        for jobs in lists:
+            try:
+                encoded.append(_encode(jobs))
+            except BaseException as e:  # noqa: BLE001 - kept by its writer, re-raised at its close
+                encoded.append(e)
+    for (writer, (_, waiters, stop)), events in zip(taken, encoded):
+        writer._write(events, waiters, stop)
+
+
 def _encode(jobs: list[Job]) -> list[bytes]:
     """Serialized events of queued jobs, in queue order; batch jobs encoded per class and key."""
-    out: list[list[bytes]] = [[] for _ in jobs]
-    groups: dict[tuple, list[int]] = {}
-    for i, job in enumerate(jobs):
-        if isinstance(job, BatchJob):
-            groups.setdefault((type(job), job.batch_key()), []).append(i)
-        else:
-            out[i] = list(job())
-    for (cls, _), indices in groups.items():
-        for i, event in zip(indices, cls.encode_batch([jobs[i] for i in indices])):
-            out[i] = [event]
-    return [event for events in out for event in events]
+    return _encode_many([jobs])[0]
+
+
+def _encode_many(job_lists: Sequence[list[Job]]) -> list[list[bytes]]:
+    """`_encode` of each list, with the batch jobs of all the lists encoded per class and
+    key together."""
+    out: list[list[list[bytes]]] = [[[] for _ in jobs] for jobs in job_lists]
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for w, jobs in enumerate(job_lists):
+        for i, job in enumerate(jobs):
+            if isinstance(job, BatchJob):
+                groups.setdefault((type(job), job.batch_key()), []).append((w, i))
+            else:
+                out[w][i] = list(job())
+    for (cls, _), places in groups.items():
+        for (w, i), event in zip(places, cls.encode_batch([job_lists[w][i] for w, i in places])):
+            out[w][i] = [event]
+    return [[event for events in lists for event in events] for lists in out]

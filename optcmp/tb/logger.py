@@ -234,7 +234,8 @@ def _scalar_event(step: int, wall: float, items: list[tuple[str, float]]) -> byt
 
 
 class _ScalarJob(BatchJob):
-    """One step's scalars; queued steps with the same tags are encoded in one go."""
+    """One step's scalars; queued steps with the same tags (of any runs: see
+    `events.drain`) are encoded in one go."""
 
     def __init__(self, step: int, wall: float, tags: tuple[str, ...], values: Sequence[float]) -> None:
         self.step, self.wall, self.tags, self.values = step, wall, tags, values
@@ -277,7 +278,7 @@ def _histogram_jobs(
         values = list(tensors.values())
         numels = tuple(t.numel() for t in values)
         if values and 0 not in numels and len({t.device for t in values}) == 1:
-            return [_HistogramJob(step, wall, tuple(tensors), [hist.summarize(values, bins, numels=numels)])]
+            return [_HistogramJob(step, wall, tuple(tensors), [hist.summarize(values, bins, numels=numels)], bins)]
     by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
     for i, (_, tensors) in enumerate(runs):
         for tag, tensor in tensors.items():
@@ -297,17 +298,18 @@ def _histogram_jobs(
             tags[i] += run_tags
             parts[i].append(summary if len(runs) == 1 else summary.rows(start, start + len(run_tags)))
             start += len(run_tags)
-    return [_HistogramJob(step, wall, tuple(t), p) if t else None for t, p in zip(tags, parts)]
+    return [_HistogramJob(step, wall, tuple(t), p, bins) if t else None for t, p in zip(tags, parts)]
 
 
 class _HistogramJob(BatchJob):
-    """One step's histograms; queued steps with the same tags are encoded in one go."""
+    """One step's histograms; queued steps with the same tags (of any runs: see
+    `events.drain`), bucket count and device groups are encoded in one go."""
 
-    def __init__(self, step: int, wall: float, tags: tuple[str, ...], pending: list[hist.Pending]):
-        self.step, self.wall, self.tags, self.pending = step, wall, tags, pending
+    def __init__(self, step: int, wall: float, tags: tuple[str, ...], pending: list[hist.Pending], bins: int):
+        self.step, self.wall, self.tags, self.pending, self.bins = step, wall, tags, pending, bins
 
     def batch_key(self):
-        return self.tags
+        return self.tags, self.bins, len(self.pending)
 
     @classmethod
     def encode_batch(cls, jobs: list[_HistogramJob]) -> list[bytes]:
