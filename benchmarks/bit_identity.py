@@ -73,6 +73,11 @@ def compare(ref: Path, new: Path) -> tuple[int, int, bool, list[str]]:
     return same, len(runs), csv_same, differ
 
 
+def verdict(same: int, n: int, csv_same: bool, differ: list[str]) -> str:
+    return (f"weights.npz bit-identical: {same}/{n}; metrics.csv {'identical' if csv_same else 'DIFFERENT'}"
+            + (f"; differ: {', '.join(differ)}" if differ else ""))
+
+
 def same_csv(ref: str, new: str) -> bool:
     """The same rows, bit for bit, under the same columns, but for the `weight_norm/<layer>`
     columns of a reference made before layers named their module's type (`weight_norm/0`
@@ -111,12 +116,10 @@ def main() -> None:
             (ref,) = [p for p in where.iterdir() if p.is_dir()]
             with tempfile.TemporaryDirectory() as tmp:
                 same, n, csv_same, differ = compare(ref, train(config, engine, Path(tmp) / "run"))
-                print(f"{config:18} {engine:10} weights.npz bit-identical: {same}/{n}; "
-                      f"metrics.csv {'identical' if csv_same else 'DIFFERENT'}" + (f"; differ: {', '.join(differ)}" if differ else ""))
+                print(f"{config:18} {engine:10} {verdict(same, n, csv_same, differ)}")
                 if engine != "sequential" and (differ or not csv_same):
                     same, n, csv_same, differ = compare(ref, train(config, engine, Path(tmp) / "off", probes=False))
-                    print(f"{'':18} {'':10} with summary.chaos off: weights.npz bit-identical: {same}/{n}; "
-                          f"metrics.csv {'identical' if csv_same else 'DIFFERENT'}" + (f"; differ: {', '.join(differ)}" if differ else ""))
+                    print(f"{'':29} with summary.chaos off: {verdict(same, n, csv_same, differ)}")
             failed |= bool(differ)
     sys.exit(1 if failed else 0)
 
